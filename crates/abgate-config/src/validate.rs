@@ -1,0 +1,1954 @@
+//! Validation of one resource on its own: wire types in, domain types and diagnostics out.
+//!
+//! Every problem is gathered before giving up, so one pass shows them all. A resource with
+//! an error is not produced: as the API server would, abgate refuses it whole.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+
+use crate::diag::{Code, Diagnostic, Severity};
+use crate::model::*;
+use crate::source::{Document, FieldPath, Node};
+use crate::{duration, wire};
+
+/// The namespace a resource without `metadata.namespace` lives in.
+pub const DEFAULT_NAMESPACE: &str = "default";
+
+const NETWORKING_VERSIONS: [&str; 3] = [
+    "networking.istio.io/v1",
+    "networking.istio.io/v1beta1",
+    "networking.istio.io/v1alpha3",
+];
+const EXPERIMENT_VERSION: &str = "abgate.dev/v1alpha1";
+const MAX_REGEX_LEN: usize = 1024;
+const MAX_DIRECT_RESPONSE_BODY: usize = 1 << 20;
+
+/// Validates one YAML document into a resource. Returns `None` for the resource when
+/// it has an error (or is a kind abgate ignores), with every diagnostic found.
+pub fn validate_document(doc: &Document) -> (Option<Resource>, Vec<Diagnostic>) {
+    let root = Arc::new(doc.root.clone());
+    let mut cx = Cx {
+        file: Arc::clone(&doc.file),
+        node: Arc::clone(&root),
+        kind: String::new(),
+        name: String::new(),
+        namespace: String::new(),
+        diagnostics: Vec::new(),
+    };
+    let Some(kind) = identify(&mut cx) else {
+        return (None, cx.diagnostics);
+    };
+    let meta_labels = |key: &str| -> BTreeMap<String, String> {
+        root.get("metadata")
+            .and_then(|m| m.get(key))
+            .and_then(|n| serde_json::from_value(n.to_json()).ok())
+            .unwrap_or_default()
+    };
+    let meta = Meta {
+        kind,
+        name: cx.name.clone(),
+        namespace: cx.namespace.clone(),
+        labels: meta_labels("labels"),
+        annotations: meta_labels("annotations"),
+        file: Arc::clone(&doc.file),
+        node: Arc::clone(&root),
+    };
+    let resource = match kind {
+        Kind::VirtualService => cx
+            .spec::<wire::VirtualServiceSpec>()
+            .map(|s| Resource::VirtualService(virtual_service(&mut cx, meta, s))),
+        Kind::DestinationRule => cx
+            .spec::<wire::DestinationRuleSpec>()
+            .map(|s| Resource::DestinationRule(destination_rule(&mut cx, meta, s))),
+        Kind::Gateway => cx
+            .spec::<wire::GatewaySpec>()
+            .map(|s| Resource::Gateway(gateway(&mut cx, meta, s))),
+        Kind::ServiceEntry => cx
+            .spec::<wire::ServiceEntrySpec>()
+            .map(|s| Resource::ServiceEntry(service_entry(&mut cx, meta, s))),
+        Kind::WorkloadEntry => cx.spec::<wire::WorkloadEntrySpec>().map(|s| {
+            let endpoint = endpoint(&mut cx, &FieldPath::root().key("spec"), s);
+            Resource::WorkloadEntry(WorkloadEntry { meta, endpoint })
+        }),
+        Kind::Experiment => cx
+            .spec::<wire::ExperimentSpec>()
+            .map(|s| Resource::Experiment(experiment(&mut cx, meta, s))),
+    };
+    let rejected = cx.diagnostics.iter().any(Diagnostic::is_error);
+    (resource.filter(|_| !rejected), cx.diagnostics)
+}
+
+/// Resolves a host as Istio does: a name with no dot is short and lives in the
+/// resource's namespace; anything else (including `*` wildcards) is taken as written.
+pub fn resolve_host(host: &str, namespace: &str) -> String {
+    let host = host.to_ascii_lowercase();
+    if host.contains('.') || host.starts_with('*') {
+        host
+    } else {
+        format!("{host}.{namespace}.svc.cluster.local")
+    }
+}
+
+/// Resolves a gateway reference to `namespace/name`; `mesh` stays `mesh`.
+pub fn resolve_gateway(reference: &str, namespace: &str) -> String {
+    match reference.split_once('/') {
+        _ if reference == "mesh" => reference.to_owned(),
+        Some((ns, name)) => format!("{ns}/{name}"),
+        // `name.namespace.svc.cluster.local`-style references are Istio's older form.
+        None => match reference.split_once('.') {
+            Some((name, ns)) if !ns.is_empty() => {
+                format!("{}/{name}", ns.split('.').next().unwrap_or(ns))
+            }
+            _ => format!("{namespace}/{reference}"),
+        },
+    }
+}
+
+/// Validation context for one resource: who it is and what was found.
+pub(crate) struct Cx {
+    file: Arc<std::path::Path>,
+    node: Arc<Node>,
+    kind: String,
+    name: String,
+    namespace: String,
+    diagnostics: Vec<Diagnostic>,
+}
+
+impl Cx {
+    fn push(&mut self, code: Code, severity: Severity, field: FieldPath, message: String) {
+        let line = self.node.line_of(&field);
+        self.diagnostics.push(Diagnostic {
+            code,
+            severity,
+            file: Arc::clone(&self.file),
+            line,
+            kind: self.kind.clone(),
+            name: self.name.clone(),
+            namespace: self.namespace.clone(),
+            field,
+            message,
+        });
+    }
+
+    fn error(&mut self, field: &FieldPath, message: impl Into<String>) {
+        self.push(
+            Code::SchemaValidationError,
+            Severity::Error,
+            field.clone(),
+            message.into(),
+        );
+    }
+
+    fn warn(&mut self, field: &FieldPath, message: impl Into<String>) {
+        self.push(
+            Code::SchemaWarning,
+            Severity::Warning,
+            field.clone(),
+            message.into(),
+        );
+    }
+
+    fn unsupported(&mut self, field: &FieldPath, what: &str) {
+        self.push(
+            Code::UnsupportedField,
+            Severity::Info,
+            field.clone(),
+            format!("{what} is valid Istio configuration that abgate accepts but does not act on"),
+        );
+    }
+
+    /// Deserializes `spec`, reporting a schema error with its exact field on failure.
+    fn spec<T: DeserializeOwned>(&mut self) -> Option<T> {
+        let spec_path = FieldPath::root().key("spec");
+        let Some(spec) = self.node.get("spec") else {
+            self.error(&spec_path, "`spec` is missing");
+            return None;
+        };
+        let json = spec.to_json();
+        match serde_path_to_error::deserialize::<_, T>(json) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                let mut path = spec_path;
+                for segment in e.path().iter() {
+                    use serde_path_to_error::Segment as S;
+                    path = match segment {
+                        S::Seq { index } => path.index(*index),
+                        S::Map { key } => path.key(key),
+                        S::Enum { variant } => path.key(variant),
+                        S::Unknown => path,
+                    };
+                }
+                let inner = e.into_inner().to_string();
+                let message = match unknown_field_name(&inner) {
+                    Some(field) => {
+                        if path.segments().last()
+                            != Some(&crate::source::Segment::Key(field.clone()))
+                        {
+                            path = path.key(&field);
+                        }
+                        let hint = suggest(&field, &inner)
+                            .map(|s| format!(" (did you mean `{s}`?)"))
+                            .unwrap_or_default();
+                        format!("unknown field `{field}`{hint}; the resource is rejected as Kubernetes would reject it")
+                    }
+                    None => format!("schema error: {inner}"),
+                };
+                self.error(&path, message);
+                None
+            }
+        }
+    }
+
+    fn duration(&mut self, field: &FieldPath, text: &Option<String>) -> Option<Duration> {
+        let text = text.as_deref()?;
+        match duration::parse(text) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                self.error(field, format!("malformed duration: {e}"));
+                None
+            }
+        }
+    }
+
+    fn nonneg_u32(&mut self, field: &FieldPath, value: Option<i64>) -> Option<u32> {
+        let value = value?;
+        match u32::try_from(value) {
+            Ok(v) => Some(v),
+            Err(_) => {
+                self.error(
+                    field,
+                    format!("must be between 0 and {}, got {value}", u32::MAX),
+                );
+                None
+            }
+        }
+    }
+
+    fn port(&mut self, field: &FieldPath, value: u32) -> u16 {
+        match u16::try_from(value) {
+            Ok(p) if p > 0 => p,
+            _ => {
+                self.error(
+                    field,
+                    format!("port must be between 1 and 65535, got {value}"),
+                );
+                0
+            }
+        }
+    }
+
+    fn percent(&mut self, field: &FieldPath, value: f64) -> f64 {
+        if !(0.0..=100.0).contains(&value) {
+            self.error(
+                field,
+                format!("percentage must be between 0 and 100, got {value}"),
+            );
+        }
+        value.clamp(0.0, 100.0)
+    }
+}
+
+/// Reads apiVersion, kind and metadata, reporting what is missing or unsupported.
+fn identify(cx: &mut Cx) -> Option<Kind> {
+    let root = Arc::clone(&cx.node);
+    let text = |key: &str| root.get(key).and_then(Node::as_str).map(str::to_owned);
+    let meta = root.get("metadata");
+    cx.name = meta
+        .and_then(|m| m.get("name"))
+        .and_then(Node::as_str)
+        .unwrap_or("")
+        .to_owned();
+    cx.namespace = meta
+        .and_then(|m| m.get("namespace"))
+        .and_then(Node::as_str)
+        .unwrap_or(DEFAULT_NAMESPACE)
+        .to_owned();
+    let api_version = text("apiVersion");
+    let kind = text("kind");
+    cx.kind = kind.clone().unwrap_or_default();
+
+    let mut missing = Vec::new();
+    if api_version.is_none() {
+        missing.push("apiVersion");
+    }
+    if kind.is_none() {
+        missing.push("kind");
+    }
+    if cx.name.is_empty() {
+        missing.push("metadata.name");
+    }
+    if !missing.is_empty() {
+        let field = FieldPath::parse(missing[0]);
+        cx.push(
+            Code::MissingTypeMeta,
+            Severity::Error,
+            field,
+            format!(
+                "{} missing: every resource needs apiVersion, kind and metadata.name",
+                missing.join(", ")
+            ),
+        );
+        return None;
+    }
+    let (api_version, kind_name) = (api_version.unwrap_or_default(), kind.unwrap_or_default());
+    let kind = match kind_name.as_str() {
+        "Gateway" => Kind::Gateway,
+        "VirtualService" => Kind::VirtualService,
+        "DestinationRule" => Kind::DestinationRule,
+        "ServiceEntry" => Kind::ServiceEntry,
+        "WorkloadEntry" => Kind::WorkloadEntry,
+        "Experiment" => Kind::Experiment,
+        _ => {
+            cx.push(
+                Code::UnsupportedKind,
+                Severity::Warning,
+                FieldPath::root().key("kind"),
+                format!("{api_version} {kind_name} is not a kind abgate handles; it is ignored"),
+            );
+            return None;
+        }
+    };
+    let supported = if kind == Kind::Experiment {
+        api_version == EXPERIMENT_VERSION
+    } else {
+        NETWORKING_VERSIONS.contains(&api_version.as_str())
+    };
+    if !supported {
+        let expected = if kind == Kind::Experiment {
+            EXPERIMENT_VERSION.to_owned()
+        } else {
+            NETWORKING_VERSIONS.join(", ")
+        };
+        cx.push(
+            Code::UnsupportedKind,
+            Severity::Error,
+            FieldPath::root().key("apiVersion"),
+            format!(
+                "apiVersion {api_version} is not supported for {kind_name}; use one of {expected}"
+            ),
+        );
+        return None;
+    }
+    Some(kind)
+}
+
+/// Pulls the field name out of serde's "unknown field `x`, expected ..." message.
+fn unknown_field_name(message: &str) -> Option<String> {
+    let rest = message.strip_prefix("unknown field `")?;
+    Some(rest[..rest.find('`')?].to_owned())
+}
+
+/// The expected field closest to a misspelt one, from serde's message.
+fn suggest(field: &str, message: &str) -> Option<String> {
+    let expected = message.split("expected ").nth(1)?;
+    expected
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .map(|candidate| (edit_distance(field, candidate), candidate))
+        .filter(|(d, c)| *d <= 3.max(c.len() / 3))
+        .min()
+        .map(|(_, c)| c.to_owned())
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
+}
+
+// ---------------------------------------------------------------------------------------
+// Matching
+
+fn string_matcher(cx: &mut Cx, field: &FieldPath, m: &wire::StringMatch) -> Option<StringMatcher> {
+    let set = [m.exact.is_some(), m.prefix.is_some(), m.regex.is_some()];
+    match set.iter().filter(|s| **s).count() {
+        0 => return Some(StringMatcher::Present),
+        1 => {}
+        _ => {
+            cx.error(field, "only one of exact, prefix or regex may be set");
+            return None;
+        }
+    }
+    if let Some(exact) = &m.exact {
+        return Some(StringMatcher::Exact(exact.clone()));
+    }
+    if let Some(prefix) = &m.prefix {
+        if prefix.is_empty() {
+            cx.error(&field.key("prefix"), "prefix must not be empty");
+            return None;
+        }
+        return Some(StringMatcher::Prefix(prefix.clone()));
+    }
+    let pattern = m.regex.as_deref().unwrap_or_default();
+    compile_regex(cx, &field.key("regex"), pattern).map(StringMatcher::Regex)
+}
+
+/// Compiles an RE2-syntax pattern anchored at both ends, as Envoy matches it.
+fn compile_regex(cx: &mut Cx, field: &FieldPath, pattern: &str) -> Option<regex::Regex> {
+    if pattern.is_empty() {
+        cx.error(field, "regex must not be empty");
+        return None;
+    }
+    if pattern.len() > MAX_REGEX_LEN {
+        cx.error(
+            field,
+            format!(
+                "regex is {} characters; at most {MAX_REGEX_LEN} are allowed",
+                pattern.len()
+            ),
+        );
+        return None;
+    }
+    match regex::Regex::new(&format!("^(?:{pattern})$")) {
+        Ok(r) => Some(r),
+        Err(e) => {
+            let reason = e
+                .to_string()
+                .lines()
+                .last()
+                .unwrap_or_default()
+                .trim()
+                .to_owned();
+            cx.error(field, format!("invalid regex `{pattern}`: {reason}"));
+            None
+        }
+    }
+}
+
+fn string_matchers(
+    cx: &mut Cx,
+    field: &FieldPath,
+    map: &BTreeMap<String, wire::StringMatch>,
+    header_names: bool,
+) -> Vec<(String, StringMatcher)> {
+    let mut out = Vec::new();
+    for (name, m) in map {
+        let f = field.key(name);
+        if header_names {
+            if name.chars().any(|c| c.is_ascii_uppercase()) {
+                cx.error(&f, format!("header name `{name}` must be lowercase"));
+                continue;
+            }
+            if http_token(name).is_err() {
+                cx.error(&f, format!("`{name}` is not a valid header name"));
+                continue;
+            }
+            if matches!(name.as_str(), "uri" | "scheme" | "method" | "authority") {
+                cx.warn(
+                    &f,
+                    format!("`{name}` is ignored as a header key; use the `{name}` match field"),
+                );
+                continue;
+            }
+        }
+        if let Some(matcher) = string_matcher(cx, &f, m) {
+            out.push((name.clone(), matcher));
+        }
+    }
+    out
+}
+
+fn http_token(name: &str) -> Result<(), ()> {
+    let ok = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(())
+    }
+}
+
+pub(crate) fn match_block(
+    cx: &mut Cx,
+    field: &FieldPath,
+    m: &wire::HttpMatchRequest,
+    namespace: &str,
+) -> MatchBlock {
+    let opt = |cx: &mut Cx, key: &str, v: &Option<wire::StringMatch>| {
+        v.as_ref()
+            .and_then(|m| string_matcher(cx, &field.key(key), m))
+    };
+    if !m.source_labels.is_empty() {
+        cx.unsupported(
+            &field.key("sourceLabels"),
+            "sourceLabels (a mesh workload selector)",
+        );
+    }
+    if m.source_namespace.is_some() {
+        cx.unsupported(
+            &field.key("sourceNamespace"),
+            "sourceNamespace (a mesh workload selector)",
+        );
+    }
+    MatchBlock {
+        name: m.name.clone(),
+        uri: opt(cx, "uri", &m.uri),
+        scheme: opt(cx, "scheme", &m.scheme),
+        method: opt(cx, "method", &m.method),
+        authority: opt(cx, "authority", &m.authority),
+        headers: string_matchers(cx, &field.key("headers"), &m.headers, true),
+        without_headers: string_matchers(
+            cx,
+            &field.key("withoutHeaders"),
+            &m.without_headers,
+            true,
+        ),
+        query_params: string_matchers(cx, &field.key("queryParams"), &m.query_params, false),
+        port: m.port.map(|p| cx.port(&field.key("port"), p)),
+        ignore_uri_case: m.ignore_uri_case,
+        gateways: m
+            .gateways
+            .iter()
+            .map(|g| resolve_gateway(g, namespace))
+            .collect(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// VirtualService
+
+fn virtual_service(cx: &mut Cx, meta: Meta, spec: wire::VirtualServiceSpec) -> VirtualService {
+    let spec_path = FieldPath::root().key("spec");
+    let ns = meta.namespace.clone();
+    if spec.hosts.is_empty() {
+        cx.error(&spec_path.key("hosts"), "at least one host is required");
+    }
+    let mut seen = BTreeSet::new();
+    for (i, host) in spec.hosts.iter().enumerate() {
+        if host.is_empty() {
+            cx.error(&spec_path.key("hosts").index(i), "host must not be empty");
+        } else if !seen.insert(host.to_ascii_lowercase()) {
+            cx.error(
+                &spec_path.key("hosts").index(i),
+                format!("host `{host}` is listed twice"),
+            );
+        }
+    }
+    if spec.http.is_empty() && spec.tcp.is_none() && spec.tls.is_none() {
+        cx.error(
+            &spec_path.key("http"),
+            "at least one of http, tcp or tls routes is required",
+        );
+    }
+    if spec.tcp.is_some() {
+        cx.unsupported(&spec_path.key("tcp"), "tcp routing");
+    }
+    if spec.tls.is_some() {
+        cx.unsupported(&spec_path.key("tls"), "tls (SNI) routing");
+    }
+    let http = spec
+        .http
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| http_route(cx, &spec_path.key("http").index(i), r, &ns))
+        .collect();
+    VirtualService {
+        hosts: spec.hosts.iter().map(|h| resolve_host(h, &ns)).collect(),
+        gateways: if spec.gateways.is_empty() {
+            vec!["mesh".to_owned()]
+        } else {
+            spec.gateways
+                .iter()
+                .map(|g| resolve_gateway(g, &ns))
+                .collect()
+        },
+        http,
+        meta,
+    }
+}
+
+fn http_route(cx: &mut Cx, field: &FieldPath, r: &wire::HttpRoute, ns: &str) -> Option<HttpRoute> {
+    let matches = r
+        .matches
+        .iter()
+        .enumerate()
+        .map(|(i, m)| match_block(cx, &field.key("match").index(i), m, ns))
+        .collect::<Vec<_>>();
+
+    if r.delegate.is_some() {
+        cx.push(
+            Code::UnsupportedField,
+            Severity::Error,
+            field.key("delegate"),
+            "delegate VirtualServices are not supported by abgate; inline the delegate's rules"
+                .to_owned(),
+        );
+        return None;
+    }
+    let has_route = !r.route.is_empty();
+    let action = match (&r.redirect, &r.direct_response) {
+        (Some(_), _)
+            if has_route
+                || r.rewrite.is_some()
+                || r.fault.is_some()
+                || r.direct_response.is_some() =>
+        {
+            cx.error(
+                &field.key("redirect"),
+                "redirect cannot be combined with route, rewrite, fault or directResponse",
+            );
+            None
+        }
+        (Some(redirect), None) => http_redirect(cx, &field.key("redirect"), redirect, &r.matches),
+        (None, Some(_)) if has_route => {
+            cx.error(
+                &field.key("directResponse"),
+                "directResponse cannot be combined with route",
+            );
+            None
+        }
+        (None, Some(direct)) => direct_response(cx, &field.key("directResponse"), direct),
+        (None, None) if !has_route => {
+            cx.error(
+                field,
+                "a rule needs a route, a redirect or a directResponse",
+            );
+            None
+        }
+        _ => route_destinations(cx, &field.key("route"), &r.route, ns).map(RouteAction::Forward),
+    };
+
+    let fault = r
+        .fault
+        .as_ref()
+        .and_then(|f| http_fault(cx, &field.key("fault"), f));
+    let explicit_timeout = cx.duration(&field.key("timeout"), &r.timeout);
+    let mut retries = match &r.retries {
+        Some(retry) => http_retry(cx, &field.key("retries"), retry),
+        None => RetryPolicy::istio_default(),
+    };
+    let mut timeout = explicit_timeout.filter(|d| !d.is_zero());
+    if fault.is_some() {
+        // Istio enables neither timeouts nor retries on a rule that injects faults.
+        if r.retries.is_some() || explicit_timeout.is_some() {
+            cx.warn(
+                &field.key("fault"),
+                "timeout and retries are disabled on a rule with fault injection (as in Istio)",
+            );
+        }
+        retries = RetryPolicy::none();
+        timeout = None;
+    }
+
+    let mirrors = mirrors(cx, field, r, ns);
+    let cors = r
+        .cors_policy
+        .as_ref()
+        .map(|c| cors_policy(cx, &field.key("corsPolicy"), c));
+    let rewrite = r
+        .rewrite
+        .as_ref()
+        .and_then(|rw| http_rewrite(cx, &field.key("rewrite"), rw));
+    let headers = header_rules(cx, &field.key("headers"), r.headers.as_ref());
+    Some(HttpRoute {
+        name: r.name.clone(),
+        matches,
+        action: action?,
+        headers,
+        rewrite,
+        timeout,
+        retries,
+        fault,
+        mirrors,
+        cors,
+    })
+}
+
+fn route_destinations(
+    cx: &mut Cx,
+    field: &FieldPath,
+    route: &[wire::HttpRouteDestination],
+    ns: &str,
+) -> Option<Vec<RouteDestination>> {
+    let single = route.len() == 1;
+    let mut out = Vec::with_capacity(route.len());
+    let mut total: u64 = 0;
+    let mut ok = true;
+    for (i, d) in route.iter().enumerate() {
+        let f = field.index(i);
+        let weight = match d.weight {
+            Some(w) if w < 0 => {
+                cx.error(
+                    &f.key("weight"),
+                    format!("weight must not be negative, got {w}"),
+                );
+                ok = false;
+                0
+            }
+            Some(w) if w > i64::from(i32::MAX) => {
+                cx.error(&f.key("weight"), format!("weight {w} is too large"));
+                ok = false;
+                0
+            }
+            Some(w) => w as u32,
+            // A lone destination takes all traffic whatever its weight.
+            None if single => 100,
+            None => 0,
+        };
+        total += u64::from(weight);
+        let destination = destination(cx, &f.key("destination"), &d.destination, ns);
+        let headers = header_rules(cx, &f.key("headers"), d.headers.as_ref());
+        out.push(RouteDestination {
+            destination,
+            weight: if single { weight.max(1) } else { weight },
+            headers,
+        });
+    }
+    if !ok {
+        return None;
+    }
+    if route.len() > 1 && total == 0 {
+        cx.error(field, "total destination weight is 0: with several destinations at least one weight must be positive");
+        return None;
+    }
+    if route.len() > 1 && total != 100 {
+        cx.push(
+            Code::WeightsNotHundred,
+            Severity::Warning,
+            field.clone(),
+            format!(
+                "weights sum to {total}, not 100; they are relative, so destinations get {}",
+                out.iter()
+                    .map(|d| format!("{:.1}%", 100.0 * f64::from(d.weight) / total as f64))
+                    .collect::<Vec<_>>()
+                    .join(" / ")
+            ),
+        );
+    }
+    Some(out)
+}
+
+fn destination(cx: &mut Cx, field: &FieldPath, d: &wire::Destination, ns: &str) -> Destination {
+    if d.host.is_empty() {
+        cx.error(&field.key("host"), "destination host is required");
+    }
+    if d.subset.as_deref() == Some("") {
+        cx.error(&field.key("subset"), "subset must not be empty");
+    }
+    Destination {
+        host: resolve_host(&d.host, ns),
+        subset: d.subset.clone().filter(|s| !s.is_empty()),
+        port: d
+            .port
+            .map(|p| cx.port(&field.key("port").key("number"), p.number)),
+    }
+}
+
+fn header_rules(cx: &mut Cx, field: &FieldPath, h: Option<&wire::Headers>) -> HeaderRules {
+    let Some(h) = h else {
+        return HeaderRules::default();
+    };
+    HeaderRules {
+        request: header_ops(cx, &field.key("request"), h.request.as_ref()),
+        response: header_ops(cx, &field.key("response"), h.response.as_ref()),
+    }
+}
+
+fn header_ops(cx: &mut Cx, field: &FieldPath, ops: Option<&wire::HeaderOperations>) -> HeaderOps {
+    let Some(ops) = ops else {
+        return HeaderOps::default();
+    };
+    let check = |cx: &mut Cx, f: FieldPath, name: &str| -> Option<String> {
+        if name.starts_with(':') {
+            cx.error(&f, format!("pseudo-header `{name}` cannot be modified"));
+            None
+        } else if http_token(name).is_err() {
+            cx.error(&f, format!("`{name}` is not a valid header name"));
+            None
+        } else {
+            Some(name.to_ascii_lowercase())
+        }
+    };
+    let pairs = |cx: &mut Cx, key: &str, map: &BTreeMap<String, String>| {
+        map.iter()
+            .filter_map(|(k, v)| {
+                let name = check(cx, field.key(key).key(k), k)?;
+                if v.contains(['\r', '\n']) {
+                    cx.error(
+                        &field.key(key).key(k),
+                        "header value must not contain a line break",
+                    );
+                    return None;
+                }
+                Some((name, v.clone()))
+            })
+            .collect::<Vec<_>>()
+    };
+    let set = pairs(cx, "set", &ops.set);
+    let add = pairs(cx, "add", &ops.add);
+    let remove = ops
+        .remove
+        .iter()
+        .enumerate()
+        .filter_map(|(i, n)| check(cx, field.key("remove").index(i), n))
+        .collect();
+    HeaderOps { set, add, remove }
+}
+
+fn http_retry(cx: &mut Cx, field: &FieldPath, r: &wire::HttpRetry) -> RetryPolicy {
+    let default = RetryPolicy::istio_default();
+    let attempts = cx
+        .nonneg_u32(&field.key("attempts"), r.attempts)
+        .unwrap_or(0);
+    let per_try_timeout = cx.duration(&field.key("perTryTimeout"), &r.per_try_timeout);
+    if per_try_timeout.is_some_and(|d| d < Duration::from_millis(1)) {
+        cx.error(
+            &field.key("perTryTimeout"),
+            "perTryTimeout must be at least 1ms",
+        );
+    }
+    let retry_on = match &r.retry_on {
+        Some(text) => retry_on(cx, &field.key("retryOn"), text),
+        None => default.retry_on.clone(),
+    };
+    RetryPolicy {
+        attempts,
+        per_try_timeout,
+        retry_on,
+        backoff: cx
+            .duration(&field.key("backoff"), &r.backoff)
+            .unwrap_or(default.backoff),
+        ignore_previous_hosts: r.retry_ignore_previous_hosts.unwrap_or(true),
+    }
+}
+
+fn retry_on(cx: &mut Cx, field: &FieldPath, text: &str) -> RetryOn {
+    let mut on = RetryOn::default();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        if let Ok(code) = part.parse::<u16>() {
+            if (100..=599).contains(&code) {
+                on.status_codes.push(code);
+            } else {
+                cx.error(field, format!("`{part}` is not an HTTP status code"));
+            }
+            continue;
+        }
+        let flag = match part {
+            "5xx" => &mut on.server_error,
+            "gateway-error" => &mut on.gateway_error,
+            "reset" => &mut on.reset,
+            "reset-before-request" => &mut on.reset_before_request,
+            "connect-failure" => &mut on.connect_failure,
+            "refused-stream" => &mut on.refused_stream,
+            "retriable-4xx" => &mut on.retriable_4xx,
+            "unavailable" => &mut on.unavailable,
+            "cancelled" => &mut on.cancelled,
+            "deadline-exceeded" => &mut on.deadline_exceeded,
+            "internal" => &mut on.internal,
+            "resource-exhausted" => &mut on.resource_exhausted,
+            // Status codes listed as integers already enable these.
+            "retriable-status-codes" => continue,
+            "envoy-ratelimited" | "retriable-headers" | "http3-post-connect-failure" => {
+                cx.unsupported(field, &format!("retry condition `{part}`"));
+                continue;
+            }
+            other => {
+                cx.error(field, format!("unknown retry condition `{other}`"));
+                continue;
+            }
+        };
+        *flag = true;
+    }
+    on
+}
+
+fn http_fault(cx: &mut Cx, field: &FieldPath, f: &wire::HttpFault) -> Option<Fault> {
+    if f.delay.is_none() && f.abort.is_none() {
+        cx.error(field, "fault must set delay, abort or both");
+        return None;
+    }
+    let share =
+        |cx: &mut Cx, f: &FieldPath, pct: Option<wire::Percent>, int: Option<i64>, what: &str| {
+            if let Some(p) = pct {
+                return cx.percent(&f.key("percentage").key("value"), p.value);
+            }
+            if let Some(p) = int {
+                cx.warn(
+                    &f.key("percent"),
+                    "`percent` is deprecated; use `percentage.value`",
+                );
+                return cx.percent(&f.key("percent"), p as f64);
+            }
+            cx.warn(
+                f,
+                format!("no percentage is set, so no request is {what} (as in Istio)"),
+            );
+            0.0
+        };
+    let delay = f.delay.as_ref().and_then(|d| {
+        let df = field.key("delay");
+        if d.exponential_delay.is_some() {
+            cx.error(
+                &df.key("exponentialDelay"),
+                "exponentialDelay is not supported (nor by Istio)",
+            );
+        }
+        let Some(fixed) = cx.duration(&df.key("fixedDelay"), &d.fixed_delay) else {
+            if d.fixed_delay.is_none() {
+                cx.error(&df, "delay needs fixedDelay");
+            }
+            return None;
+        };
+        if fixed < Duration::from_millis(1) {
+            cx.error(&df.key("fixedDelay"), "fixedDelay must be at least 1ms");
+        }
+        Some((fixed, share(cx, &df, d.percentage, d.percent, "delayed")))
+    });
+    let abort = f.abort.as_ref().and_then(|a| {
+        let af = field.key("abort");
+        let kind = match (a.http_status, &a.grpc_status, &a.http2_error) {
+            (Some(status), None, None) => match u16::try_from(status) {
+                Ok(s) if (200..=599).contains(&s) => FaultAbort::Http(s),
+                _ => {
+                    cx.error(
+                        &af.key("httpStatus"),
+                        format!("httpStatus must be between 200 and 599, got {status}"),
+                    );
+                    return None;
+                }
+            },
+            (None, Some(grpc), None) => FaultAbort::Grpc(grpc.clone()),
+            (None, None, Some(_)) => {
+                cx.error(
+                    &af.key("http2Error"),
+                    "http2Error aborts are not supported (nor by Istio)",
+                );
+                return None;
+            }
+            (None, None, None) => {
+                cx.warn(
+                    &af,
+                    "abort sets no httpStatus or grpcStatus; nothing is aborted",
+                );
+                return None;
+            }
+            _ => {
+                cx.error(
+                    &af,
+                    "only one of httpStatus, grpcStatus or http2Error may be set",
+                );
+                return None;
+            }
+        };
+        Some((kind, share(cx, &af, a.percentage, a.percent, "aborted")))
+    });
+    Some(Fault { delay, abort })
+}
+
+fn mirrors(cx: &mut Cx, field: &FieldPath, r: &wire::HttpRoute, ns: &str) -> Vec<Mirror> {
+    if r.mirror.is_some() && !r.mirrors.is_empty() {
+        cx.error(
+            &field.key("mirrors"),
+            "mirror and mirrors cannot both be set",
+        );
+        return Vec::new();
+    }
+    if let Some(m) = &r.mirror {
+        let percentage = match (r.mirror_percentage, r.mirror_percent) {
+            (Some(p), _) => cx.percent(&field.key("mirrorPercentage").key("value"), p.value),
+            (None, Some(p)) => {
+                cx.warn(
+                    &field.key("mirrorPercent"),
+                    "`mirrorPercent` is deprecated; use `mirrorPercentage.value`",
+                );
+                cx.percent(&field.key("mirrorPercent"), f64::from(p))
+            }
+            (None, None) => 100.0,
+        };
+        return vec![Mirror {
+            destination: destination(cx, &field.key("mirror"), m, ns),
+            percentage,
+        }];
+    }
+    if r.mirror_percentage.is_some() || r.mirror_percent.is_some() {
+        cx.warn(
+            &field.key("mirrorPercentage"),
+            "a mirror percentage without `mirror` has no effect",
+        );
+    }
+    r.mirrors
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let f = field.key("mirrors").index(i);
+            let percentage = m.percentage.map_or(100.0, |p| {
+                cx.percent(&f.key("percentage").key("value"), p.value)
+            });
+            Mirror {
+                destination: destination(cx, &f.key("destination"), &m.destination, ns),
+                percentage,
+            }
+        })
+        .collect()
+}
+
+fn cors_policy(cx: &mut Cx, field: &FieldPath, c: &wire::CorsPolicy) -> CorsPolicy {
+    let mut allow_origins: Vec<StringMatcher> = c
+        .allow_origins
+        .iter()
+        .enumerate()
+        .filter_map(|(i, m)| string_matcher(cx, &field.key("allowOrigins").index(i), m))
+        .collect();
+    if !c.allow_origin.is_empty() {
+        cx.warn(
+            &field.key("allowOrigin"),
+            "`allowOrigin` is deprecated; use `allowOrigins`",
+        );
+        allow_origins.extend(
+            c.allow_origin
+                .iter()
+                .map(|o| StringMatcher::Exact(o.clone())),
+        );
+    }
+    let forward_unmatched_preflights = match c.unmatched_preflights.as_deref() {
+        None | Some("FORWARD") | Some("UNSPECIFIED") => true,
+        Some("IGNORE") => false,
+        Some(other) => {
+            cx.error(
+                &field.key("unmatchedPreflights"),
+                format!("`{other}` is not FORWARD or IGNORE"),
+            );
+            true
+        }
+    };
+    CorsPolicy {
+        allow_origins,
+        allow_methods: c.allow_methods.clone(),
+        allow_headers: c.allow_headers.clone(),
+        expose_headers: c.expose_headers.clone(),
+        max_age: cx.duration(&field.key("maxAge"), &c.max_age),
+        allow_credentials: c.allow_credentials.unwrap_or(false),
+        forward_unmatched_preflights,
+    }
+}
+
+fn http_rewrite(cx: &mut Cx, field: &FieldPath, r: &wire::HttpRewrite) -> Option<Rewrite> {
+    let uri = match (&r.uri, &r.uri_regex_rewrite) {
+        (Some(_), Some(_)) => {
+            cx.error(field, "uri and uriRegexRewrite cannot both be set");
+            return None;
+        }
+        (Some(uri), None) => Some(UriRewrite::Prefix(uri.clone())),
+        (None, Some(rx)) => {
+            let re = regex::Regex::new(&rx.pattern);
+            match re {
+                Ok(re) => Some(UriRewrite::Regex(re, rx.rewrite.replace('\\', "$"))),
+                Err(e) => {
+                    let reason = e
+                        .to_string()
+                        .lines()
+                        .last()
+                        .unwrap_or_default()
+                        .trim()
+                        .to_owned();
+                    cx.error(
+                        &field.key("uriRegexRewrite").key("match"),
+                        format!("invalid regex: {reason}"),
+                    );
+                    return None;
+                }
+            }
+        }
+        (None, None) => None,
+    };
+    if uri.is_none() && r.authority.is_none() {
+        cx.warn(
+            field,
+            "rewrite changes nothing: set uri, uriRegexRewrite or authority",
+        );
+    }
+    Some(Rewrite {
+        uri,
+        authority: r.authority.clone(),
+    })
+}
+
+fn http_redirect(
+    cx: &mut Cx,
+    field: &FieldPath,
+    r: &wire::HttpRedirect,
+    matches: &[wire::HttpMatchRequest],
+) -> Option<RouteAction> {
+    let uri = match (&r.uri, &r.prefix_rewrite) {
+        (Some(_), Some(_)) => {
+            cx.error(field, "uri and prefixRewrite cannot both be set");
+            None
+        }
+        (Some(u), None) => Some(UriRedirect::Replace(u.clone())),
+        (None, Some(p)) => {
+            if matches
+                .iter()
+                .any(|m| m.uri.as_ref().is_none_or(|u| u.prefix.is_none()))
+            {
+                cx.error(
+                    &field.key("prefixRewrite"),
+                    "prefixRewrite needs every match to be a uri prefix match",
+                );
+            }
+            Some(UriRedirect::PrefixRewrite(p.clone()))
+        }
+        (None, None) => None,
+    };
+    let port = match (r.port, r.derive_port.as_deref()) {
+        (Some(_), Some(_)) => {
+            cx.error(field, "port and derivePort cannot both be set");
+            None
+        }
+        (Some(p), None) => Some(RedirectPort::Fixed(cx.port(&field.key("port"), p))),
+        (None, Some("FROM_PROTOCOL_DEFAULT")) => Some(RedirectPort::FromProtocolDefault),
+        (None, Some("FROM_REQUEST_PORT")) => Some(RedirectPort::FromRequestPort),
+        (None, Some(other)) => {
+            cx.error(
+                &field.key("derivePort"),
+                format!("`{other}` is not FROM_PROTOCOL_DEFAULT or FROM_REQUEST_PORT"),
+            );
+            None
+        }
+        (None, None) => None,
+    };
+    if let Some(scheme) = &r.scheme {
+        if scheme != "http" && scheme != "https" {
+            cx.error(
+                &field.key("scheme"),
+                format!("scheme must be http or https, got `{scheme}`"),
+            );
+        }
+    }
+    if uri.is_none() && r.authority.is_none() && port.is_none() && r.scheme.is_none() {
+        cx.error(
+            field,
+            "redirect must set at least one of uri, prefixRewrite, authority, port or scheme",
+        );
+    }
+    let code = match r.redirect_code {
+        None => 301,
+        Some(c) if (300..=399).contains(&c) => c as u16,
+        Some(c) => {
+            cx.error(
+                &field.key("redirectCode"),
+                format!("redirectCode must be 3xx, got {c}"),
+            );
+            301
+        }
+    };
+    Some(RouteAction::Redirect(Redirect {
+        uri,
+        authority: r.authority.clone(),
+        port,
+        scheme: r.scheme.clone(),
+        code,
+    }))
+}
+
+fn direct_response(
+    cx: &mut Cx,
+    field: &FieldPath,
+    d: &wire::HttpDirectResponse,
+) -> Option<RouteAction> {
+    let status = match u16::try_from(d.status) {
+        Ok(s) if (200..=599).contains(&s) => s,
+        _ => {
+            cx.error(
+                &field.key("status"),
+                format!("status must be between 200 and 599, got {}", d.status),
+            );
+            return None;
+        }
+    };
+    let body = match &d.body {
+        None => Vec::new(),
+        Some(wire::HttpBody {
+            string: Some(s),
+            bytes: None,
+        }) => s.clone().into_bytes(),
+        Some(wire::HttpBody {
+            string: None,
+            bytes: Some(b),
+        }) => {
+            use base64::Engine;
+            match base64::engine::general_purpose::STANDARD.decode(b) {
+                Ok(bytes) => bytes,
+                Err(e) => {
+                    cx.error(
+                        &field.key("body").key("bytes"),
+                        format!("bytes is not valid base64: {e}"),
+                    );
+                    return None;
+                }
+            }
+        }
+        Some(_) => {
+            cx.error(
+                &field.key("body"),
+                "body must set exactly one of string or bytes",
+            );
+            return None;
+        }
+    };
+    if body.len() > MAX_DIRECT_RESPONSE_BODY {
+        cx.error(
+            &field.key("body"),
+            format!("body is {} bytes; at most 1 MiB is allowed", body.len()),
+        );
+        return None;
+    }
+    Some(RouteAction::DirectResponse { status, body })
+}
+
+// ---------------------------------------------------------------------------------------
+// DestinationRule
+
+fn destination_rule(cx: &mut Cx, meta: Meta, spec: wire::DestinationRuleSpec) -> DestinationRule {
+    let spec_path = FieldPath::root().key("spec");
+    if spec.host.is_empty() {
+        cx.error(&spec_path.key("host"), "host is required");
+    }
+    if spec.workload_selector.is_some() {
+        cx.unsupported(&spec_path.key("workloadSelector"), "workloadSelector");
+    }
+    let host_policy = traffic_policy(
+        cx,
+        &spec_path.key("trafficPolicy"),
+        spec.traffic_policy.as_ref(),
+    );
+    let mut names = BTreeSet::new();
+    let subsets = spec
+        .subsets
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let f = spec_path.key("subsets").index(i);
+            if s.name.is_empty() {
+                cx.error(&f.key("name"), "subset name is required");
+            } else if !names.insert(s.name.clone()) {
+                cx.error(
+                    &f.key("name"),
+                    format!("subset `{}` is defined twice", s.name),
+                );
+            }
+            Subset {
+                name: s.name.clone(),
+                labels: s.labels.clone(),
+                traffic_policy: traffic_policy(
+                    cx,
+                    &f.key("trafficPolicy"),
+                    s.traffic_policy.as_ref(),
+                ),
+            }
+        })
+        .collect();
+    DestinationRule {
+        host: resolve_host(&spec.host, &meta.namespace),
+        traffic_policy: host_policy,
+        subsets,
+        meta,
+    }
+}
+
+fn traffic_policy(
+    cx: &mut Cx,
+    field: &FieldPath,
+    p: Option<&wire::TrafficPolicy>,
+) -> TrafficPolicy {
+    let Some(p) = p else {
+        return TrafficPolicy::default();
+    };
+    for (value, key) in [
+        (&p.tls, "tls"),
+        (&p.port_level_settings, "portLevelSettings"),
+        (&p.tunnel, "tunnel"),
+        (&p.proxy_protocol, "proxyProtocol"),
+        (&p.retry_budget, "retryBudget"),
+    ] {
+        if value.is_some() {
+            cx.unsupported(&field.key(key), key);
+        }
+    }
+    TrafficPolicy {
+        load_balancer: p
+            .load_balancer
+            .as_ref()
+            .and_then(|lb| load_balancer(cx, &field.key("loadBalancer"), lb)),
+        connection_pool: p
+            .connection_pool
+            .as_ref()
+            .map(|c| connection_pool(cx, &field.key("connectionPool"), c)),
+        outlier_detection: p
+            .outlier_detection
+            .as_ref()
+            .map(|o| outlier_detection(cx, &field.key("outlierDetection"), o)),
+    }
+}
+
+fn load_balancer(
+    cx: &mut Cx,
+    field: &FieldPath,
+    lb: &wire::LoadBalancerSettings,
+) -> Option<LoadBalancer> {
+    for (value, key) in [
+        (&lb.locality_lb_setting, "localityLbSetting"),
+        (&lb.zone_aware_lb_setting, "zoneAwareLbSetting"),
+        (&lb.warmup, "warmup"),
+    ] {
+        if value.is_some() {
+            cx.unsupported(&field.key(key), key);
+        }
+    }
+    if lb.warmup_duration_secs.is_some() {
+        cx.unsupported(&field.key("warmupDurationSecs"), "warmupDurationSecs");
+    }
+    match (&lb.simple, &lb.consistent_hash) {
+        (Some(_), Some(_)) => {
+            cx.error(field, "simple and consistentHash cannot both be set");
+            None
+        }
+        (Some(simple), None) => match simple.as_str() {
+            "ROUND_ROBIN" => Some(LoadBalancer::RoundRobin),
+            "LEAST_REQUEST" | "UNSPECIFIED" => Some(LoadBalancer::LeastRequest),
+            "LEAST_CONN" => {
+                cx.warn(
+                    &field.key("simple"),
+                    "LEAST_CONN is deprecated; it means LEAST_REQUEST",
+                );
+                Some(LoadBalancer::LeastRequest)
+            }
+            "RANDOM" => Some(LoadBalancer::Random),
+            "PASSTHROUGH" => Some(LoadBalancer::Passthrough),
+            other => {
+                cx.error(
+                    &field.key("simple"),
+                    format!("`{other}` is not one of ROUND_ROBIN, LEAST_REQUEST, RANDOM, PASSTHROUGH, LEAST_CONN, UNSPECIFIED"),
+                );
+                None
+            }
+        },
+        (None, Some(ch)) => consistent_hash(cx, &field.key("consistentHash"), ch),
+        (None, None) => None,
+    }
+}
+
+fn consistent_hash(
+    cx: &mut Cx,
+    field: &FieldPath,
+    ch: &wire::ConsistentHash,
+) -> Option<LoadBalancer> {
+    let keys = [
+        ch.http_header_name.is_some(),
+        ch.http_cookie.is_some(),
+        ch.use_source_ip == Some(true),
+        ch.http_query_parameter_name.is_some(),
+    ];
+    if keys.iter().filter(|k| **k).count() != 1 {
+        cx.error(field, "exactly one of httpHeaderName, httpCookie, useSourceIp or httpQueryParameterName must be set");
+        return None;
+    }
+    let key = if let Some(h) = &ch.http_header_name {
+        HashKey::Header(h.to_ascii_lowercase())
+    } else if let Some(c) = &ch.http_cookie {
+        if c.name.is_empty() {
+            cx.error(
+                &field.key("httpCookie").key("name"),
+                "cookie name is required",
+            );
+        }
+        HashKey::Cookie {
+            name: c.name.clone(),
+            path: c.path.clone(),
+            ttl: cx.duration(&field.key("httpCookie").key("ttl"), &c.ttl),
+        }
+    } else if let Some(q) = &ch.http_query_parameter_name {
+        HashKey::QueryParameter(q.clone())
+    } else {
+        HashKey::SourceIp
+    };
+    if ch.minimum_ring_size.is_some() {
+        cx.warn(
+            &field.key("minimumRingSize"),
+            "minimumRingSize is deprecated; use ringHash.minimumRingSize",
+        );
+    }
+    let algorithm = match (&ch.ring_hash, &ch.maglev) {
+        (Some(_), Some(_)) => {
+            cx.error(field, "ringHash and maglev cannot both be set");
+            return None;
+        }
+        (None, Some(m)) => {
+            let table_size = m.table_size.unwrap_or(65537);
+            if !is_prime(table_size) {
+                cx.error(
+                    &field.key("maglev").key("tableSize"),
+                    format!("maglev tableSize must be prime, got {table_size}"),
+                );
+            }
+            HashAlgorithm::Maglev { table_size }
+        }
+        (ring, None) => HashAlgorithm::RingHash {
+            minimum_ring_size: ring
+                .as_ref()
+                .and_then(|r| r.minimum_ring_size)
+                .or(ch.minimum_ring_size)
+                .unwrap_or(1024),
+        },
+    };
+    Some(LoadBalancer::ConsistentHash(ConsistentHash {
+        key,
+        algorithm,
+    }))
+}
+
+fn is_prime(n: u64) -> bool {
+    n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| !n.is_multiple_of(d))
+}
+
+fn connection_pool(
+    cx: &mut Cx,
+    field: &FieldPath,
+    c: &wire::ConnectionPoolSettings,
+) -> ConnectionPool {
+    let mut pool = ConnectionPool::default();
+    if let Some(tcp) = &c.tcp {
+        let f = field.key("tcp");
+        pool.max_connections = cx.nonneg_u32(&f.key("maxConnections"), tcp.max_connections);
+        pool.connect_timeout = cx.duration(&f.key("connectTimeout"), &tcp.connect_timeout);
+        if pool.connect_timeout.is_some_and(|d| d.is_zero()) {
+            cx.error(&f.key("connectTimeout"), "connectTimeout must be positive");
+        }
+        if let Some(k) = &tcp.tcp_keepalive {
+            pool.tcp_keepalive_time = cx.duration(&f.key("tcpKeepalive").key("time"), &k.time);
+            pool.tcp_keepalive_interval =
+                cx.duration(&f.key("tcpKeepalive").key("interval"), &k.interval);
+            pool.tcp_keepalive_probes = k.probes;
+        }
+        if tcp.max_connection_duration.is_some() {
+            cx.unsupported(&f.key("maxConnectionDuration"), "maxConnectionDuration");
+        }
+        if let Some(idle) = cx.duration(&f.key("idleTimeout"), &tcp.idle_timeout) {
+            pool.idle_timeout = Some(idle);
+        }
+    }
+    if let Some(http) = &c.http {
+        let f = field.key("http");
+        pool.http1_max_pending_requests = cx.nonneg_u32(
+            &f.key("http1MaxPendingRequests"),
+            http.http1_max_pending_requests,
+        );
+        pool.http2_max_requests =
+            cx.nonneg_u32(&f.key("http2MaxRequests"), http.http2_max_requests);
+        pool.max_requests_per_connection = cx.nonneg_u32(
+            &f.key("maxRequestsPerConnection"),
+            http.max_requests_per_connection,
+        );
+        pool.max_retries = cx.nonneg_u32(&f.key("maxRetries"), http.max_retries);
+        pool.max_concurrent_streams =
+            cx.nonneg_u32(&f.key("maxConcurrentStreams"), http.max_concurrent_streams);
+        if let Some(idle) = cx.duration(&f.key("idleTimeout"), &http.idle_timeout) {
+            pool.idle_timeout = Some(idle);
+        }
+        if let Some(policy) = &http.h2_upgrade_policy {
+            if !matches!(policy.as_str(), "DEFAULT" | "DO_NOT_UPGRADE" | "UPGRADE") {
+                cx.error(
+                    &f.key("h2UpgradePolicy"),
+                    format!("`{policy}` is not DEFAULT, DO_NOT_UPGRADE or UPGRADE"),
+                );
+            }
+        }
+    }
+    pool
+}
+
+fn outlier_detection(
+    cx: &mut Cx,
+    field: &FieldPath,
+    o: &wire::OutlierDetection,
+) -> OutlierDetection {
+    if o.consecutive_errors.is_some() {
+        cx.warn(
+            &field.key("consecutiveErrors"),
+            "consecutiveErrors is deprecated; use consecutive5xxErrors",
+        );
+    }
+    let pct = |cx: &mut Cx, key: &str, v: Option<i64>, default: u32| -> u32 {
+        match v {
+            None => default,
+            Some(p) if (0..=100).contains(&p) => p as u32,
+            Some(p) => {
+                cx.error(
+                    &field.key(key),
+                    format!("must be a percentage between 0 and 100, got {p}"),
+                );
+                default
+            }
+        }
+    };
+    let interval = cx
+        .duration(&field.key("interval"), &o.interval)
+        .unwrap_or(Duration::from_secs(10));
+    if interval.is_zero() {
+        cx.error(&field.key("interval"), "interval must be positive");
+    }
+    OutlierDetection {
+        consecutive_5xx_errors: cx
+            .nonneg_u32(&field.key("consecutive5xxErrors"), o.consecutive5xx_errors)
+            .unwrap_or(5),
+        consecutive_gateway_errors: cx
+            .nonneg_u32(
+                &field.key("consecutiveGatewayErrors"),
+                o.consecutive_gateway_errors.or(o.consecutive_errors),
+            )
+            .unwrap_or(0),
+        interval,
+        base_ejection_time: cx
+            .duration(&field.key("baseEjectionTime"), &o.base_ejection_time)
+            .unwrap_or(Duration::from_secs(30)),
+        max_ejection_percent: pct(cx, "maxEjectionPercent", o.max_ejection_percent, 10),
+        min_health_percent: pct(cx, "minHealthPercent", o.min_health_percent, 0),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Gateway
+
+fn gateway(cx: &mut Cx, meta: Meta, spec: wire::GatewaySpec) -> Gateway {
+    let spec_path = FieldPath::root().key("spec");
+    if spec.servers.is_empty() {
+        cx.error(&spec_path.key("servers"), "at least one server is required");
+    }
+    let mut names = BTreeSet::new();
+    let servers = spec
+        .servers
+        .iter()
+        .enumerate()
+        .filter_map(|(i, s)| {
+            let f = spec_path.key("servers").index(i);
+            if let Some(name) = &s.name {
+                if !names.insert(name.clone()) {
+                    cx.error(
+                        &f.key("name"),
+                        format!("server name `{name}` is used twice"),
+                    );
+                }
+            }
+            server(cx, &f, i, s)
+        })
+        .collect();
+    Gateway { meta, servers }
+}
+
+fn server(cx: &mut Cx, field: &FieldPath, index: usize, s: &wire::Server) -> Option<GatewayServer> {
+    let port = cx.port(&field.key("port").key("number"), s.port.number);
+    let protocol = match s.port.protocol.to_ascii_uppercase().as_str() {
+        "HTTP" => Protocol::Http,
+        "HTTPS" => Protocol::Https,
+        "HTTP2" => Protocol::Http2,
+        "GRPC" => Protocol::Grpc,
+        "TLS" => Protocol::Tls,
+        "TCP" | "MONGO" => Protocol::Tcp,
+        other => {
+            cx.error(
+                &field.key("port").key("protocol"),
+                format!(
+                    "protocol `{other}` is not one of HTTP, HTTPS, HTTP2, GRPC, TLS, TCP, MONGO"
+                ),
+            );
+            return None;
+        }
+    };
+    if matches!(protocol, Protocol::Tls | Protocol::Tcp) {
+        cx.unsupported(
+            &field.key("port").key("protocol"),
+            &format!("a {} server", s.port.protocol),
+        );
+    }
+    if s.hosts.is_empty() {
+        cx.error(&field.key("hosts"), "at least one host is required");
+    }
+    let hosts = s
+        .hosts
+        .iter()
+        .map(|h| {
+            h.rsplit_once('/')
+                .map_or(h.as_str(), |(_, host)| host)
+                .to_ascii_lowercase()
+        })
+        .collect();
+    let tls = s
+        .tls
+        .as_ref()
+        .and_then(|t| server_tls(cx, &field.key("tls"), t));
+    if protocol == Protocol::Https && tls.as_ref().and_then(|t| t.mode).is_none() {
+        cx.error(&field.key("tls"), "an HTTPS server needs tls with a mode");
+    }
+    Some(GatewayServer {
+        index,
+        port,
+        protocol,
+        port_name: s.port.name.clone(),
+        bind: s.bind.clone(),
+        hosts,
+        tls,
+    })
+}
+
+fn server_tls(cx: &mut Cx, field: &FieldPath, t: &wire::ServerTls) -> Option<ServerTls> {
+    let mode = match t.mode.as_deref() {
+        None => None,
+        Some("SIMPLE") => Some(TlsMode::Simple),
+        Some("MUTUAL") => Some(TlsMode::Mutual),
+        Some("PASSTHROUGH") => Some(TlsMode::Passthrough),
+        Some("OPTIONAL_MUTUAL") => Some(TlsMode::OptionalMutual),
+        Some("ISTIO_MUTUAL") => Some(TlsMode::IstioMutual),
+        Some("AUTO_PASSTHROUGH") => Some(TlsMode::AutoPassthrough),
+        Some(other) => {
+            cx.error(&field.key("mode"), format!("`{other}` is not a TLS mode"));
+            return None;
+        }
+    };
+    if let Some(m) = mode.filter(|m| *m != TlsMode::Simple) {
+        cx.unsupported(&field.key("mode"), &format!("TLS mode {m:?}"));
+    }
+    let credential = match (&t.credential_name, &t.server_certificate, &t.private_key) {
+        (Some(name), None, None) => Some(Credential::Named(name.clone())),
+        (None, Some(cert), Some(key)) => Some(Credential::Files {
+            certificate: cert.clone(),
+            private_key: key.clone(),
+        }),
+        (None, None, None) if !t.credential_names.is_empty() => {
+            Some(Credential::Named(t.credential_names[0].clone()))
+        }
+        (None, None, None) => None,
+        (Some(_), _, _) => {
+            cx.error(
+                field,
+                "credentialName cannot be combined with serverCertificate/privateKey",
+            );
+            return None;
+        }
+        _ => {
+            cx.error(
+                field,
+                "serverCertificate and privateKey must be set together",
+            );
+            return None;
+        }
+    };
+    if mode == Some(TlsMode::Simple) && credential.is_none() {
+        cx.error(
+            field,
+            "SIMPLE TLS needs credentialName, or serverCertificate and privateKey",
+        );
+    }
+    Some(ServerTls {
+        https_redirect: t.https_redirect,
+        mode,
+        credential,
+    })
+}
+
+// ---------------------------------------------------------------------------------------
+// ServiceEntry, WorkloadEntry
+
+fn service_entry(cx: &mut Cx, meta: Meta, spec: wire::ServiceEntrySpec) -> ServiceEntry {
+    let spec_path = FieldPath::root().key("spec");
+    if spec.hosts.is_empty() {
+        cx.error(&spec_path.key("hosts"), "at least one host is required");
+    }
+    if let Some(res) = &spec.resolution {
+        if !matches!(
+            res.as_str(),
+            "NONE" | "STATIC" | "DNS" | "DNS_ROUND_ROBIN" | "DYNAMIC_DNS"
+        ) {
+            cx.error(
+                &spec_path.key("resolution"),
+                format!("`{res}` is not NONE, STATIC, DNS, DNS_ROUND_ROBIN or DYNAMIC_DNS"),
+            );
+        }
+    }
+    if let Some(loc) = &spec.location {
+        if !matches!(loc.as_str(), "MESH_EXTERNAL" | "MESH_INTERNAL") {
+            cx.error(
+                &spec_path.key("location"),
+                format!("`{loc}` is not MESH_EXTERNAL or MESH_INTERNAL"),
+            );
+        }
+    }
+    if spec.workload_selector.is_some() && !spec.endpoints.is_empty() {
+        cx.error(
+            &spec_path.key("workloadSelector"),
+            "workloadSelector and endpoints cannot both be set",
+        );
+    }
+    let ports = spec
+        .ports
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let f = spec_path.key("ports").index(i);
+            ServicePort {
+                number: cx.port(&f.key("number"), p.number),
+                protocol: p.protocol.clone(),
+                name: p.name.clone(),
+                target_port: p.target_port.map(|t| cx.port(&f.key("targetPort"), t)),
+            }
+        })
+        .collect();
+    let endpoints = spec
+        .endpoints
+        .into_iter()
+        .enumerate()
+        .map(|(i, e)| endpoint(cx, &spec_path.key("endpoints").index(i), e))
+        .collect();
+    ServiceEntry {
+        hosts: spec.hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
+        ports,
+        endpoints,
+        workload_selector: spec.workload_selector.map(|w| w.labels),
+        meta,
+    }
+}
+
+fn endpoint(cx: &mut Cx, field: &FieldPath, e: wire::WorkloadEntrySpec) -> Endpoint {
+    if e.address.is_empty() {
+        cx.error(&field.key("address"), "address is required");
+    }
+    let ports = e
+        .ports
+        .iter()
+        .map(|(name, number)| {
+            (
+                name.clone(),
+                cx.port(&field.key("ports").key(name), *number),
+            )
+        })
+        .collect();
+    Endpoint {
+        address: e.address,
+        ports,
+        labels: e.labels,
+        weight: e.weight.unwrap_or(1),
+        locality: e.locality,
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Experiment
+
+fn experiment(cx: &mut Cx, meta: Meta, spec: wire::ExperimentSpec) -> Experiment {
+    let spec_path = FieldPath::root().key("spec");
+    let ns = meta.namespace.clone();
+    if spec.host.is_empty() {
+        cx.error(
+            &spec_path.key("host"),
+            "host is required: the service whose subsets are compared",
+        );
+    }
+    let variants: Vec<Variant> = match (spec.variants.is_empty(), spec.traffic_split.is_empty()) {
+        (false, false) => {
+            cx.error(
+                &spec_path.key("variants"),
+                "set variants or trafficSplit, not both",
+            );
+            Vec::new()
+        }
+        (false, true) => spec
+            .variants
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                let weight =
+                    cx.nonneg_u32(&spec_path.key("variants").index(i).key("weight"), v.weight);
+                Variant {
+                    name: v.name.clone(),
+                    subset: v.subset.clone().unwrap_or_else(|| v.name.clone()),
+                    weight: weight.unwrap_or(0),
+                }
+            })
+            .collect(),
+        (true, false) => spec
+            .traffic_split
+            .iter()
+            .map(|(name, w)| Variant {
+                name: name.clone(),
+                subset: name.clone(),
+                weight: cx
+                    .nonneg_u32(&spec_path.key("trafficSplit").key(name), Some(*w))
+                    .unwrap_or(0),
+            })
+            .collect(),
+        (true, true) => {
+            cx.error(
+                &spec_path.key("variants"),
+                "an experiment needs variants (or the seed's trafficSplit)",
+            );
+            Vec::new()
+        }
+    };
+    if variants.len() == 1 {
+        cx.error(
+            &spec_path.key("variants"),
+            "an experiment needs at least two variants",
+        );
+    }
+    let mut names = BTreeSet::new();
+    for v in &variants {
+        if !names.insert(v.name.as_str()) {
+            cx.error(
+                &spec_path.key("variants"),
+                format!("variant `{}` is listed twice", v.name),
+            );
+        }
+    }
+    if !variants.is_empty() && variants.iter().all(|v| v.weight == 0) {
+        cx.error(&spec_path.key("variants"), "total variant weight is 0");
+    }
+    let baseline = match &spec.baseline {
+        Some(b) => variants
+            .iter()
+            .position(|v| &v.name == b)
+            .unwrap_or_else(|| {
+                cx.error(
+                    &spec_path.key("baseline"),
+                    format!("baseline `{b}` is not one of the variants"),
+                );
+                0
+            }),
+        // The seed takes the first variant of the split as the baseline.
+        None => 0,
+    };
+    let matches = spec
+        .matches
+        .iter()
+        .enumerate()
+        .map(|(i, m)| match_block(cx, &spec_path.key("match").index(i), m, &ns))
+        .collect();
+    let id = spec.id.clone().unwrap_or_else(|| meta.name.clone());
+    let stickiness = spec.stickiness.as_ref().and_then(|s| {
+        let source = match (&s.header, &s.cookie) {
+            (Some(h), None) => KeySource::Header(h.to_ascii_lowercase()),
+            (None, Some(c)) => KeySource::Cookie(c.clone()),
+            _ => {
+                cx.error(
+                    &spec_path.key("stickiness"),
+                    "stickiness needs exactly one of header or cookie",
+                );
+                return None;
+            }
+        };
+        Some(StickinessKey {
+            source,
+            salt: s.salt.clone().unwrap_or_else(|| id.clone()),
+        })
+    });
+    let strategy = match spec.strategy.as_deref().unwrap_or("canary") {
+        "canary" => Strategy::Canary,
+        "abtest" => Strategy::AbTest,
+        "bluegreen" => Strategy::BlueGreen,
+        "featureflag" => Strategy::FeatureFlag,
+        "mirror" => Strategy::Mirror,
+        "bandit" => Strategy::Bandit,
+        other => {
+            cx.error(
+                &spec_path.key("strategy"),
+                format!("`{other}` is not one of canary, abtest, bluegreen, featureflag, mirror, bandit"),
+            );
+            Strategy::Canary
+        }
+    };
+    if let Some(policy) = &spec.policy {
+        if policy != "sequential" && policy != "classic" {
+            cx.error(
+                &spec_path.key("policy"),
+                format!("`{policy}` is not sequential or classic"),
+            );
+        }
+    }
+    let interval = cx
+        .duration(&spec_path.key("interval"), &spec.interval)
+        .unwrap_or(Duration::from_secs(300));
+    let duration = match (
+        cx.duration(&spec_path.key("duration"), &spec.duration),
+        spec.duration_hours,
+    ) {
+        (Some(d), _) => d,
+        (None, Some(h)) if h > 0.0 && h.is_finite() => Duration::from_secs_f64(h * 3600.0),
+        (None, Some(h)) => {
+            cx.error(
+                &spec_path.key("durationHours"),
+                format!("durationHours must be positive, got {h}"),
+            );
+            Duration::ZERO
+        }
+        (None, None) => Duration::from_secs(24 * 3600),
+    };
+    Experiment {
+        id,
+        description: spec.description.clone(),
+        host: resolve_host(&spec.host, &ns),
+        variants,
+        baseline,
+        matches,
+        stickiness,
+        strategy,
+        interval,
+        duration,
+        target_metrics: spec.target_metrics,
+        success_criteria: spec.success_criteria,
+        rollback_criteria: spec.rollback_criteria,
+        meta,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_names_resolve_in_the_namespace_and_dotted_names_stay() {
+        assert_eq!(
+            resolve_host("reviews", "prod"),
+            "reviews.prod.svc.cluster.local"
+        );
+        assert_eq!(
+            resolve_host("llama-3.1-8b-service", "prod"),
+            "llama-3.1-8b-service"
+        );
+        assert_eq!(resolve_host("*.example.com", "prod"), "*.example.com");
+    }
+
+    #[test]
+    fn gateway_references_resolve_to_namespace_and_name() {
+        assert_eq!(
+            resolve_gateway("llm-gateway", "production"),
+            "production/llm-gateway"
+        );
+        assert_eq!(
+            resolve_gateway("istio-system/gw", "production"),
+            "istio-system/gw"
+        );
+        assert_eq!(resolve_gateway("mesh", "production"), "mesh");
+    }
+
+    #[test]
+    fn suggestions_find_the_near_field() {
+        let msg = "unknown field `h2MaxRequests`, expected one of `http1MaxPendingRequests`, `http2MaxRequests`, `maxRetries`";
+        assert_eq!(unknown_field_name(msg).as_deref(), Some("h2MaxRequests"));
+        assert_eq!(
+            suggest("h2MaxRequests", msg).as_deref(),
+            Some("http2MaxRequests")
+        );
+    }
+}
