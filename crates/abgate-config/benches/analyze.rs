@@ -77,7 +77,11 @@ fn analyze_directory(c: &mut Criterion) {
     let paths = vec![PathBuf::from(dir.path())];
     let loaded = abgate_config::load(&paths).expect("readable");
     assert_eq!(loaded.config.virtual_services.len(), 500);
-    assert!(loaded.diagnostics.is_empty(), "{:?}", loaded.diagnostics.first());
+    assert!(
+        loaded.diagnostics.is_empty(),
+        "{:?}",
+        loaded.diagnostics.first()
+    );
     c.bench_function("analyze 1,000 resources in 250 files", |b| {
         b.iter(|| abgate_config::load(&paths).expect("readable"))
     });
