@@ -1,0 +1,270 @@
+//! Load balancing inside one cluster (a host's subset): which endpoint gets a request.
+//!
+//! The policy comes from the DestinationRule (subset sections override the host's). The
+//! random draw is the caller's, so tests can seed it; the only shared state is atomics.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use abgate_config::model::{HashAlgorithm, HashKey, LoadBalancer};
+
+use crate::cluster::Endpoint;
+
+/// A cluster's load balancer, ready to pick.
+#[derive(Debug)]
+pub enum Balancer {
+    /// Each endpoint in turn.
+    RoundRobin(AtomicUsize),
+    /// The less busy of two random endpoints (Istio's default).
+    LeastRequest,
+    /// Uniformly at random.
+    Random,
+    /// A hash of the request key placed on a ring or a maglev table.
+    ConsistentHash {
+        /// What to hash.
+        key: HashKey,
+        /// Endpoint index per slot, looked up by hash.
+        table: HashTable,
+    },
+}
+
+/// A consistent-hash lookup structure.
+#[derive(Debug)]
+pub enum HashTable {
+    /// Sorted `(point, endpoint)` pairs; a key goes to the first point at or after its hash.
+    Ring(Vec<(u64, usize)>),
+    /// Maglev's permutation-filled table; a key goes to `table[hash % len]`.
+    Maglev(Vec<usize>),
+}
+
+impl Balancer {
+    /// Builds the balancer for `endpoints` under a DestinationRule policy (least request
+    /// when none is set, as in Istio).
+    pub fn new(policy: Option<&LoadBalancer>, endpoints: &[std::sync::Arc<Endpoint>]) -> Self {
+        match policy {
+            None | Some(LoadBalancer::LeastRequest) | Some(LoadBalancer::Passthrough) => {
+                Balancer::LeastRequest
+            }
+            Some(LoadBalancer::RoundRobin) => Balancer::RoundRobin(AtomicUsize::new(0)),
+            Some(LoadBalancer::Random) => Balancer::Random,
+            Some(LoadBalancer::ConsistentHash(ch)) => {
+                let names: Vec<&str> = endpoints.iter().map(|e| e.authority.as_str()).collect();
+                let table = match ch.algorithm {
+                    HashAlgorithm::RingHash { minimum_ring_size } => {
+                        HashTable::Ring(ring(&names, minimum_ring_size))
+                    }
+                    HashAlgorithm::Maglev { table_size } => {
+                        HashTable::Maglev(maglev(&names, table_size))
+                    }
+                };
+                Balancer::ConsistentHash {
+                    key: ch.key.clone(),
+                    table,
+                }
+            }
+        }
+    }
+
+    /// The hash key this balancer needs from the request, if any.
+    pub fn hash_key(&self) -> Option<&HashKey> {
+        match self {
+            Balancer::ConsistentHash { key, .. } => Some(key),
+            _ => None,
+        }
+    }
+
+    /// Picks an endpoint index among `endpoints` (never empty). `hash` is the request
+    /// key's hash for consistent hashing (a random pick when the key is absent);
+    /// `random` supplies uniform draws.
+    pub fn pick(
+        &self,
+        endpoints: &[std::sync::Arc<Endpoint>],
+        hash: Option<u64>,
+        random: &mut dyn FnMut() -> u64,
+    ) -> usize {
+        let n = endpoints.len();
+        if n <= 1 {
+            return 0;
+        }
+        match self {
+            Balancer::RoundRobin(next) => next.fetch_add(1, Ordering::Relaxed) % n,
+            Balancer::Random => (random() % n as u64) as usize,
+            Balancer::LeastRequest => {
+                let a = (random() % n as u64) as usize;
+                let mut b = (random() % (n as u64 - 1)) as usize;
+                if b >= a {
+                    b += 1;
+                }
+                if endpoints[b].active() < endpoints[a].active() {
+                    b
+                } else {
+                    a
+                }
+            }
+            Balancer::ConsistentHash { table, .. } => {
+                let h = hash.unwrap_or_else(&mut *random);
+                let index = match table {
+                    HashTable::Ring(points) => {
+                        let i = points.partition_point(|(p, _)| *p < h);
+                        points.get(i).or(points.first()).map_or(0, |(_, e)| *e)
+                    }
+                    HashTable::Maglev(slots) => slots[(h % slots.len() as u64) as usize],
+                };
+                index.min(n - 1)
+            }
+        }
+    }
+}
+
+/// 64-bit FNV-1a with a final avalanche, stable across processes and versions so that
+/// replicas hash a key the same way.
+pub fn hash64(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    // splitmix64's finalizer spreads FNV's weak low bits.
+    h ^= h >> 30;
+    h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h ^= h >> 27;
+    h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^ (h >> 31)
+}
+
+fn ring(names: &[&str], minimum_size: u64) -> Vec<(u64, usize)> {
+    let per_endpoint = (minimum_size.max(1) as usize).div_ceil(names.len().max(1));
+    let mut points: Vec<(u64, usize)> = names
+        .iter()
+        .enumerate()
+        .flat_map(|(i, name)| {
+            (0..per_endpoint).map(move |r| (hash64(format!("{name}_{r}").as_bytes()), i))
+        })
+        .collect();
+    points.sort_unstable();
+    points
+}
+
+/// Maglev's table population (Eisenbud et al., NSDI 2016): each endpoint walks its own
+/// permutation of the slots and takes the next free one in turn.
+fn maglev(names: &[&str], table_size: u64) -> Vec<usize> {
+    let m = table_size.max(1) as usize;
+    let n = names.len();
+    if n == 0 {
+        return vec![0; m];
+    }
+    let params: Vec<(usize, usize)> = names
+        .iter()
+        .map(|name| {
+            let offset = (hash64(name.as_bytes()) % m as u64) as usize;
+            let skip =
+                (hash64(format!("{name}#skip").as_bytes()) % (m as u64 - 1).max(1)) as usize + 1;
+            (offset, skip)
+        })
+        .collect();
+    let mut next = vec![0usize; n];
+    let mut table = vec![usize::MAX; m];
+    let mut filled = 0;
+    'fill: loop {
+        for (i, (offset, skip)) in params.iter().enumerate() {
+            let mut slot = (offset + next[i] * skip) % m;
+            while table[slot] != usize::MAX {
+                next[i] += 1;
+                slot = (offset + next[i] * skip) % m;
+            }
+            table[slot] = i;
+            next[i] += 1;
+            filled += 1;
+            if filled == m {
+                break 'fill;
+            }
+        }
+    }
+    table
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use abgate_config::model::ConsistentHash;
+    use std::sync::Arc;
+
+    fn endpoints(n: usize) -> Vec<Arc<Endpoint>> {
+        (0..n)
+            .map(|i| Arc::new(Endpoint::new(format!("10.0.0.{i}:80"), Default::default())))
+            .collect()
+    }
+
+    fn counter() -> impl FnMut() -> u64 {
+        let mut state = 0x1234_5678_u64;
+        move || {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            state >> 11
+        }
+    }
+
+    #[test]
+    fn round_robin_visits_each_endpoint_in_turn() {
+        let eps = endpoints(3);
+        let lb = Balancer::new(Some(&LoadBalancer::RoundRobin), &eps);
+        let mut rnd = counter();
+        let picks: Vec<_> = (0..6).map(|_| lb.pick(&eps, None, &mut rnd)).collect();
+        assert_eq!(picks, [0, 1, 2, 0, 1, 2]);
+    }
+
+    #[test]
+    fn least_request_avoids_the_busier_of_two() {
+        let eps = endpoints(2);
+        let _busy = eps[0].start();
+        let lb = Balancer::new(None, &eps);
+        let mut rnd = counter();
+        assert!((0..50).all(|_| lb.pick(&eps, None, &mut rnd) == 1));
+    }
+
+    #[test]
+    fn consistent_hash_keeps_a_key_on_one_endpoint_and_spreads_keys() {
+        for algorithm in [
+            HashAlgorithm::RingHash {
+                minimum_ring_size: 1024,
+            },
+            HashAlgorithm::Maglev { table_size: 65537 },
+        ] {
+            let eps = endpoints(4);
+            let policy = LoadBalancer::ConsistentHash(ConsistentHash {
+                key: HashKey::Header("x-user-id".into()),
+                algorithm,
+            });
+            let lb = Balancer::new(Some(&policy), &eps);
+            let mut rnd = counter();
+            let mut counts = [0usize; 4];
+            for user in 0..4000 {
+                let h = hash64(format!("user-{user}").as_bytes());
+                let first = lb.pick(&eps, Some(h), &mut rnd);
+                assert_eq!(first, lb.pick(&eps, Some(h), &mut rnd));
+                counts[first] += 1;
+            }
+            // Each endpoint's share is near 1/4: a ring of 1024 points or a maglev table
+            // spreads within a few percent; 15%..35% leaves room only for a broken table.
+            assert!(
+                counts.iter().all(|&c| (600..=1400).contains(&c)),
+                "{algorithm:?} {counts:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn maglev_table_is_full_and_balanced() {
+        let table = maglev(&["a", "b", "c"], 65537);
+        assert!(table.iter().all(|&e| e < 3));
+        let mut counts = [0usize; 3];
+        for e in table {
+            counts[e] += 1;
+        }
+        // Maglev guarantees each endpoint within one slot-round of M/N.
+        assert!(
+            counts.iter().all(|&c| c.abs_diff(65537 / 3) <= 3),
+            "{counts:?}"
+        );
+    }
+}
