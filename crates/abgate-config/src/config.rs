@@ -27,6 +27,11 @@ impl Loaded {
     pub fn has_errors(&self) -> bool {
         self.diagnostics.iter().any(Diagnostic::is_error)
     }
+
+    /// Whether some resource or document was refused outright.
+    pub fn has_rejected(&self) -> bool {
+        self.diagnostics.iter().any(Diagnostic::rejects_resource)
+    }
 }
 
 /// The valid resources in force, after replacement of duplicates.

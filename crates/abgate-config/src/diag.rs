@@ -156,6 +156,20 @@ impl Diagnostic {
     pub fn is_error(&self) -> bool {
         self.severity == Severity::Error
     }
+
+    /// Whether this diagnostic refused a resource (or a whole document) outright, as the
+    /// API server would, rather than pointing out a problem between valid resources.
+    pub fn rejects_resource(&self) -> bool {
+        self.is_error()
+            && matches!(
+                self.code,
+                Code::YamlSyntax
+                    | Code::SchemaValidationError
+                    | Code::MissingTypeMeta
+                    | Code::UnsupportedKind
+                    | Code::UnsupportedField
+            )
+    }
 }
 
 impl fmt::Display for Diagnostic {

@@ -1047,7 +1047,7 @@ fn http_rewrite(cx: &mut Cx, field: &FieldPath, r: &wire::HttpRewrite) -> Option
         (None, Some(rx)) => {
             let re = regex::Regex::new(&rx.pattern);
             match re {
-                Ok(re) => Some(UriRewrite::Regex(re, rx.rewrite.replace('\\', "$"))),
+                Ok(re) => Some(UriRewrite::Regex(re, envoy_substitution(&rx.rewrite))),
                 Err(e) => {
                     let reason = e
                         .to_string()
@@ -1076,6 +1076,23 @@ fn http_rewrite(cx: &mut Cx, field: &FieldPath, r: &wire::HttpRewrite) -> Option
         uri,
         authority: r.authority.clone(),
     })
+}
+
+/// Turns Envoy's `\1` group references into the regex crate's `${1}`.
+fn envoy_substitution(rewrite: &str) -> String {
+    let mut out = String::with_capacity(rewrite.len());
+    let mut chars = rewrite.chars().peekable();
+    while let Some(c) = chars.next() {
+        match (c, chars.peek()) {
+            ('\\', Some(d)) if d.is_ascii_digit() => {
+                out.push_str(&format!("${{{d}}}"));
+                chars.next();
+            }
+            ('$', _) => out.push_str("$$"),
+            _ => out.push(c),
+        }
+    }
+    out
 }
 
 fn http_redirect(
@@ -1943,6 +1960,12 @@ mod tests {
             "istio-system/gw"
         );
         assert_eq!(resolve_gateway("mesh", "production"), "mesh");
+    }
+
+    #[test]
+    fn envoy_group_references_become_regex_crate_ones() {
+        assert_eq!(envoy_substitution(r"/v2/\1/x"), "/v2/${1}/x");
+        assert_eq!(envoy_substitution("/cost$"), "/cost$$");
     }
 
     #[test]

@@ -31,6 +31,8 @@ pub struct BuildOptions {
     /// (so that abgate runs unprivileged); with no Gateway at all, one listener on this
     /// port serves every VirtualService (the mesh view).
     pub plain_http_port: Option<u16>,
+    /// Serve every HTTPS Gateway server on this port instead of the declared ones.
+    pub tls_port: Option<u16>,
 }
 
 /// What a rule does, compiled.
@@ -248,8 +250,8 @@ impl RouteTable {
                         continue;
                     }
                 };
-                let port = match (tls, options.plain_http_port) {
-                    (false, Some(p)) => p,
+                let port = match (tls, options.plain_http_port, options.tls_port) {
+                    (false, Some(p), _) | (true, _, Some(p)) => p,
                     _ => s.port,
                 };
                 let server = Server {
@@ -388,7 +390,9 @@ fn host_index(
             index.exact.insert(host, vhost);
         }
     }
-    index.suffixes.sort_by_key(|(suffix, _)| std::cmp::Reverse(suffix.len()));
+    index
+        .suffixes
+        .sort_by_key(|(suffix, _)| std::cmp::Reverse(suffix.len()));
     index
 }
 

@@ -32,6 +32,7 @@ fn seed() -> RouteTable {
         &loaded.config,
         &BuildOptions {
             plain_http_port: Some(8080),
+            ..BuildOptions::default()
         },
         None,
     )
@@ -183,6 +184,7 @@ spec:
         &yaml,
         BuildOptions {
             plain_http_port: Some(9999),
+            ..BuildOptions::default()
         },
     );
     let (name, subsets) =
@@ -231,6 +233,7 @@ spec:
         &yaml,
         BuildOptions {
             plain_http_port: Some(8080),
+            ..BuildOptions::default()
         },
     );
     let (name, subsets) = route(
@@ -276,6 +279,7 @@ spec:
     );
     let options = BuildOptions {
         plain_http_port: Some(8080),
+        ..BuildOptions::default()
     };
     let first = table(&yaml, options.clone());
     let endpoint = {

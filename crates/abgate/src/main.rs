@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 mod analyze;
+mod serve;
 
 use std::process::ExitCode;
 
@@ -19,6 +20,8 @@ struct Cli {
 enum Command {
     /// Check Istio-compatible configuration, like `istioctl analyze`.
     Analyze(analyze::AnalyzeArgs),
+    /// Run the gateway.
+    Serve(serve::ServeArgs),
     /// Run a simulated OpenAI-compatible model server.
     Sim(abgate_sim::SimArgs),
     /// Run the end-to-end demo (simulated models, gateway, load, canary experiment).
@@ -30,6 +33,7 @@ fn main() -> ExitCode {
     init_tracing();
     match cli.command {
         Command::Analyze(args) => analyze::run(&args),
+        Command::Serve(args) => serve::run(args),
         Command::Sim(args) => run_async(abgate_sim::run(args)),
         Command::Demo => {
             eprintln!(

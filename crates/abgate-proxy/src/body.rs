@@ -1,0 +1,171 @@
+//! Bodies on both sides of the proxy. Responses stream through frame by frame: a frame
+//! the upstream sends is handed to the client as soon as it arrives, never collected.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use pin_project_lite::pin_project;
+use tokio::time::{Instant, Sleep};
+
+use abgate_router::InFlight;
+
+/// The error type of proxied bodies.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+pin_project! {
+    /// A response body: a complete buffer, or an upstream stream that may be cut at the
+    /// route's deadline, holding its endpoint's in-flight count until it ends.
+    #[project = ProxyBodyProj]
+    pub enum ProxyBody {
+        /// A buffered body (errors, direct responses).
+        Full { data: Option<Bytes> },
+        /// An upstream body.
+        Stream {
+            #[pin]
+            inner: Incoming,
+            #[pin]
+            deadline: Option<Sleep>,
+            in_flight: Option<InFlight>,
+        },
+    }
+}
+
+impl ProxyBody {
+    /// A complete body.
+    pub fn full(data: impl Into<Bytes>) -> Self {
+        let data: Bytes = data.into();
+        ProxyBody::Full {
+            data: (!data.is_empty()).then_some(data),
+        }
+    }
+
+    /// An empty body.
+    pub fn empty() -> Self {
+        ProxyBody::Full { data: None }
+    }
+
+    /// An upstream body that ends at `deadline` (a clean end: the client sees the stream
+    /// close, as a route timeout does in Envoy) and counts as in flight until it ends.
+    pub fn stream(inner: Incoming, deadline: Option<Instant>, in_flight: Option<InFlight>) -> Self {
+        ProxyBody::Stream {
+            inner,
+            deadline: deadline.map(tokio::time::sleep_until),
+            in_flight,
+        }
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.project() {
+            ProxyBodyProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            ProxyBodyProj::Stream {
+                inner,
+                deadline,
+                in_flight,
+            } => {
+                if let Some(deadline) = deadline.as_pin_mut() {
+                    if deadline.poll(cx).is_ready() {
+                        in_flight.take();
+                        return Poll::Ready(None);
+                    }
+                }
+                match inner.poll_frame(cx) {
+                    Poll::Ready(None) => {
+                        in_flight.take();
+                        Poll::Ready(None)
+                    }
+                    Poll::Ready(Some(Err(e))) => {
+                        in_flight.take();
+                        Poll::Ready(Some(Err(Box::new(e))))
+                    }
+                    other => other.map(|f| f.map(|r| r.map_err(|e| Box::new(e) as BoxError))),
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ProxyBody::Full { data } => data.is_none(),
+            ProxyBody::Stream { inner, .. } => inner.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ProxyBody::Full { data } => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
+            ProxyBody::Stream {
+                inner,
+                deadline: None,
+                ..
+            } => inner.size_hint(),
+            // A body that may be cut short has no exact size to promise.
+            ProxyBody::Stream { .. } => SizeHint::default(),
+        }
+    }
+}
+
+pin_project! {
+    /// A request body sent upstream: buffered (so it can be retried and mirrored) or the
+    /// client's stream passed through (too large to buffer, so sent once).
+    #[project = UpstreamBodyProj]
+    pub enum UpstreamBody {
+        /// Buffered.
+        Full { data: Option<Bytes> },
+        /// Streamed from the client.
+        Stream { #[pin] inner: Incoming },
+    }
+}
+
+impl UpstreamBody {
+    /// A buffered body.
+    pub fn full(data: Bytes) -> Self {
+        UpstreamBody::Full {
+            data: (!data.is_empty()).then_some(data),
+        }
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.project() {
+            UpstreamBodyProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            UpstreamBodyProj::Stream { inner } => inner.poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpstreamBody::Full { data } => data.is_none(),
+            UpstreamBody::Stream { inner } => inner.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            UpstreamBody::Full { data } => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
+            UpstreamBody::Stream { inner } => inner.size_hint(),
+        }
+    }
+}

@@ -1,0 +1,154 @@
+//! Why a request failed, and the one place that turns that into a status, an Istio
+//! response flag and an OpenAI-shaped JSON error body.
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode};
+
+use crate::body::ProxyBody;
+
+/// The header that carries Istio/Envoy response flags (`NR`, `UF`, `UT`, ...).
+pub const FLAGS_HEADER: &str = "x-abgate-response-flags";
+
+/// A failure on the request path. Each says where it came from: the client's request,
+/// the route, or the upstream.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// The request itself is malformed.
+    #[error("{0}")]
+    BadRequest(String),
+    /// The request body is larger than allowed.
+    #[error("request body exceeds {limit} bytes")]
+    BodyTooLarge {
+        /// The limit.
+        limit: usize,
+    },
+    /// No server, virtual host or rule takes the request (`NR`).
+    #[error("no route for host {host} and path {path}")]
+    NoRoute {
+        /// The Host.
+        host: String,
+        /// The path.
+        path: String,
+    },
+    /// The route's subset, or host, is not defined (`NC`).
+    #[error("no cluster for {cluster}: the host or subset is not defined by any ServiceEntry or DestinationRule")]
+    NoCluster {
+        /// `host` or `host/subset`.
+        cluster: String,
+    },
+    /// The cluster has no healthy endpoint (`UH`).
+    #[error("no healthy upstream for {cluster}")]
+    NoHealthyUpstream {
+        /// `host` or `host/subset`.
+        cluster: String,
+    },
+    /// Connecting to the upstream failed (`UF`).
+    #[error("upstream connect error to {endpoint}: {reason}")]
+    ConnectFailure {
+        /// `address:port`.
+        endpoint: String,
+        /// Why.
+        reason: String,
+    },
+    /// The upstream reset or broke the exchange (`UC` / `UPE`).
+    #[error("upstream {endpoint} failed: {reason}")]
+    UpstreamReset {
+        /// `address:port`.
+        endpoint: String,
+        /// Why.
+        reason: String,
+    },
+    /// The route or per-try timeout passed before the response began (`UT`).
+    #[error("upstream request timeout after {0:?}")]
+    Timeout(std::time::Duration),
+    /// Fault injection aborted the request (`FI`).
+    #[error("fault filter abort")]
+    FaultAbort(u16),
+}
+
+impl ProxyError {
+    /// The HTTP status this failure answers with.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::NoRoute { .. } => StatusCode::NOT_FOUND,
+            ProxyError::NoCluster { .. }
+            | ProxyError::NoHealthyUpstream { .. }
+            | ProxyError::ConnectFailure { .. }
+            | ProxyError::UpstreamReset { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::FaultAbort(code) => {
+                StatusCode::from_u16(*code).unwrap_or(StatusCode::SERVICE_UNAVAILABLE)
+            }
+        }
+    }
+
+    /// Envoy's response flag for this failure.
+    pub fn flag(&self) -> &'static str {
+        match self {
+            ProxyError::BadRequest(_) | ProxyError::BodyTooLarge { .. } => "DPE",
+            ProxyError::NoRoute { .. } => "NR",
+            ProxyError::NoCluster { .. } => "NC",
+            ProxyError::NoHealthyUpstream { .. } => "UH",
+            ProxyError::ConnectFailure { .. } => "UF",
+            ProxyError::UpstreamReset { .. } => "UC",
+            ProxyError::Timeout(_) => "UT",
+            ProxyError::FaultAbort(_) => "FI",
+        }
+    }
+
+    /// Whether a retry could help (connect failures and resets, per `retryOn`).
+    pub fn is_connect_failure(&self) -> bool {
+        matches!(self, ProxyError::ConnectFailure { .. })
+    }
+
+    /// The response for this failure, with `flags` (this failure's flag and any earlier
+    /// ones such as `URX`) in [`FLAGS_HEADER`].
+    pub fn into_response(self, flags: &str) -> Response<ProxyBody> {
+        let status = self.status();
+        error_response(status, flags, &self.to_string(), self.code())
+    }
+
+    fn code(&self) -> &'static str {
+        match self {
+            ProxyError::BadRequest(_) => "bad_request",
+            ProxyError::BodyTooLarge { .. } => "request_too_large",
+            ProxyError::NoRoute { .. } => "no_route",
+            ProxyError::NoCluster { .. } => "no_cluster",
+            ProxyError::NoHealthyUpstream { .. } => "no_healthy_upstream",
+            ProxyError::ConnectFailure { .. } => "upstream_connect_failure",
+            ProxyError::UpstreamReset { .. } => "upstream_reset",
+            ProxyError::Timeout(_) => "upstream_timeout",
+            ProxyError::FaultAbort(_) => "fault_injected",
+        }
+    }
+}
+
+/// An OpenAI-style error response: `{"error": {"message", "type", "param", "code"}}`.
+pub fn error_response(
+    status: StatusCode,
+    flags: &str,
+    message: &str,
+    code: &str,
+) -> Response<ProxyBody> {
+    let kind = if status.is_client_error() {
+        "invalid_request_error"
+    } else {
+        "server_error"
+    };
+    let body = serde_json::json!({
+        "error": { "message": message, "type": kind, "param": null, "code": code }
+    });
+    let mut response = Response::new(ProxyBody::full(Bytes::from(body.to_string())));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    if let Ok(v) = HeaderValue::from_str(flags) {
+        headers.insert(FLAGS_HEADER, v);
+    }
+    response
+}

@@ -1,0 +1,295 @@
+//! abgate's data plane: listeners from Gateway servers (HTTP and HTTPS), Istio routing,
+//! weighted and sticky splits, streaming forwarding with faults, timeouts, retries and
+//! mirrors, and the admin listener.
+#![forbid(unsafe_code)]
+
+mod admin;
+mod body;
+mod cors;
+mod error;
+mod headers;
+mod service;
+mod tls;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use abgate_config::Config;
+use abgate_router::{BuildOptions, RouteTable};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+pub use body::ProxyBody;
+pub use error::{ProxyError, FLAGS_HEADER};
+pub use service::{ConnInfo, Shared};
+
+/// How `abgate serve` runs.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// Address for every plain-HTTP Gateway server (or, with no Gateway, for the mesh view).
+    pub listen: Option<SocketAddr>,
+    /// Address for every HTTPS Gateway server (instead of the declared ports).
+    pub listen_tls: Option<SocketAddr>,
+    /// The admin listener.
+    pub admin: SocketAddr,
+    /// Where `credentialName` secrets are: `<certs>/<name>/tls.crt` and `tls.key`.
+    pub certs: Option<PathBuf>,
+}
+
+/// A running gateway: its bound addresses and the handles to reload or stop it.
+pub struct Running {
+    shared: Arc<Shared>,
+    build_options: BuildOptions,
+    ready: Arc<AtomicBool>,
+    /// Bound proxy listeners: route-table port, actual address, TLS.
+    pub listeners: Vec<(u16, SocketAddr, bool)>,
+    /// The admin listener's address.
+    pub admin: SocketAddr,
+    stop: watch::Sender<bool>,
+    tasks: JoinSet<()>,
+}
+
+impl Running {
+    /// The address of the first plain-HTTP listener.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.listeners
+            .iter()
+            .find(|(_, _, tls)| !tls)
+            .map(|(_, a, _)| *a)
+    }
+
+    /// The address of the first HTTPS listener.
+    pub fn https_addr(&self) -> Option<SocketAddr> {
+        self.listeners
+            .iter()
+            .find(|(_, _, tls)| *tls)
+            .map(|(_, a, _)| *a)
+    }
+
+    /// Swaps in a new configuration: the table is built aside, then replaces the old one
+    /// in one atomic store; requests in flight finish on the table they started with.
+    pub fn reload(&self, config: &Config) {
+        let previous = self.shared.table.load();
+        let table = RouteTable::build(config, &self.build_options, Some(&previous));
+        for listener in &table.listeners {
+            if !self
+                .listeners
+                .iter()
+                .any(|(port, _, _)| *port == listener.port)
+            {
+                tracing::warn!(
+                    port = listener.port,
+                    "the new configuration adds a listener; restart to bind it"
+                );
+            }
+        }
+        for note in &table.notes {
+            tracing::warn!("{note}");
+        }
+        self.shared.table.store(Arc::new(table));
+    }
+
+    /// Stops accepting, lets requests and streams in flight finish for up to `grace`, then
+    /// returns. Readiness fails from the first moment.
+    pub async fn shutdown(mut self, grace: Duration) {
+        self.ready.store(false, Ordering::SeqCst);
+        let _ = self.stop.send(true);
+        let drained = tokio::time::timeout(grace, async {
+            while self.tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                ?grace,
+                "grace period over; closing the connections still open"
+            );
+            self.tasks.abort_all();
+        }
+    }
+}
+
+/// Binds every listener the configuration asks for and starts serving.
+pub async fn start(config: &Config, options: &ServeOptions) -> std::io::Result<Running> {
+    // A plain listener given by flag is bound first: its real port (maybe from :0) is the
+    // route table's port for plain HTTP.
+    let plain = match options.listen {
+        Some(addr) => Some(TcpListener::bind(addr).await?),
+        None => None,
+    };
+    let tls_socket = match options.listen_tls {
+        Some(addr) => Some(TcpListener::bind(addr).await?),
+        None => None,
+    };
+    let build_options = BuildOptions {
+        plain_http_port: plain
+            .as_ref()
+            .map(|l| l.local_addr())
+            .transpose()?
+            .map(|a| a.port()),
+        tls_port: tls_socket
+            .as_ref()
+            .map(|l| l.local_addr())
+            .transpose()?
+            .map(|a| a.port()),
+    };
+    let table = RouteTable::build(config, &build_options, None);
+    for note in &table.notes {
+        tracing::warn!("{note}");
+    }
+
+    let mut sockets: Vec<(u16, TcpListener, Option<Arc<rustls::ServerConfig>>)> = Vec::new();
+    let mut plain = plain;
+    let mut tls_socket = tls_socket;
+    for listener in &table.listeners {
+        let tls_config = if listener.tls {
+            match tls::server_config(&listener.servers, options.certs.as_deref()) {
+                Some(c) => Some(c),
+                None => continue,
+            }
+        } else {
+            None
+        };
+        let socket = match (listener.tls, plain.take(), tls_socket.take()) {
+            (false, Some(s), t) => {
+                tls_socket = t;
+                s
+            }
+            (true, p, Some(s)) => {
+                plain = p;
+                s
+            }
+            (_, p, t) => {
+                plain = p;
+                tls_socket = t;
+                let bind = listener
+                    .servers
+                    .iter()
+                    .find_map(|s| s.bind.clone())
+                    .unwrap_or_else(|| "0.0.0.0".into());
+                TcpListener::bind((bind.as_str(), listener.port))
+                    .await
+                    .map_err(|e| {
+                        std::io::Error::new(
+                            e.kind(),
+                            format!("cannot listen on {bind}:{}: {e}", listener.port),
+                        )
+                    })?
+            }
+        };
+        sockets.push((listener.port, socket, tls_config));
+    }
+
+    let shared = Arc::new(Shared::new(table));
+    let ready = Arc::new(AtomicBool::new(false));
+    let (stop, stopped) = watch::channel(false);
+    let mut tasks = JoinSet::new();
+    let mut bound = Vec::new();
+    for (port, socket, tls_config) in sockets {
+        bound.push((port, socket.local_addr()?, tls_config.is_some()));
+        tasks.spawn(accept_loop(
+            socket,
+            port,
+            tls_config,
+            Arc::clone(&shared),
+            stopped.clone(),
+        ));
+    }
+    let admin_socket = TcpListener::bind(options.admin).await?;
+    let admin_addr = admin_socket.local_addr()?;
+    tasks.spawn(admin::serve(
+        admin_socket,
+        Arc::clone(&ready),
+        stopped.clone(),
+    ));
+    ready.store(true, Ordering::SeqCst);
+    Ok(Running {
+        shared,
+        build_options,
+        ready,
+        listeners: bound,
+        admin: admin_addr,
+        stop,
+        tasks,
+    })
+}
+
+async fn accept_loop(
+    socket: TcpListener,
+    port: u16,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    shared: Arc<Shared>,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
+    let graceful = GracefulShutdown::new();
+    let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
+    loop {
+        let (stream, remote) = tokio::select! {
+            accepted = socket.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stopped.changed() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let conn = ConnInfo {
+            port,
+            tls: acceptor.is_some(),
+            remote,
+        };
+        let shared = Arc::clone(&shared);
+        let service = service_fn(move |req| {
+            let shared = Arc::clone(&shared);
+            async move { Ok::<_, std::convert::Infallible>(service::handle(shared, conn, req).await) }
+        });
+        match &acceptor {
+            None => {
+                let connection = builder
+                    .serve_connection(TokioIo::new(stream), service)
+                    .into_owned();
+                let watched = graceful.watch(connection);
+                tokio::spawn(async move {
+                    if let Err(e) = watched.await {
+                        tracing::debug!(error = %e, "connection ended with an error");
+                    }
+                });
+            }
+            Some(acceptor) => {
+                let acceptor = acceptor.clone();
+                let builder = Arc::clone(&builder);
+                let watcher = graceful.watcher();
+                tokio::spawn(async move {
+                    let stream = match tokio::time::timeout(
+                        Duration::from_secs(10),
+                        acceptor.accept(stream),
+                    )
+                    .await
+                    {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => return tracing::debug!(error = %e, "TLS handshake failed"),
+                        Err(_) => return tracing::debug!("TLS handshake timed out"),
+                    };
+                    let connection = builder
+                        .serve_connection(TokioIo::new(stream), service)
+                        .into_owned();
+                    if let Err(e) = watcher.watch(connection).await {
+                        tracing::debug!(error = %e, "connection ended with an error");
+                    }
+                });
+            }
+        }
+    }
+    graceful.shutdown().await;
+}

@@ -1,0 +1,841 @@
+//! One request through the gateway: route, fault, split, endpoint, upstream, response.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use abgate_config::model::{
+    FaultAbort, HashKey, KeySource, RedirectPort, RetryOn, RetryPolicy, StringMatcher, UriRedirect,
+    UriRewrite,
+};
+use abgate_router::{
+    hash64, host_of, Action, Cluster, Endpoint, RequestView, Route, RouteTable, Unavailable,
+    MODEL_HEADER,
+};
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{request, Method, Request, Response, StatusCode, Uri};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use tokio::time::Instant;
+
+use crate::body::{ProxyBody, UpstreamBody};
+use crate::cors;
+use crate::error::{ProxyError, FLAGS_HEADER};
+use crate::headers::{apply_request_ops, apply_response_ops, strip_hop_by_hop};
+
+/// Request bodies up to this size are buffered so that they can be retried, mirrored, or
+/// read for their `model`; larger ones stream through once.
+pub const DEFAULT_BUFFER_LIMIT: usize = 1 << 20;
+
+/// What every request handler shares.
+pub struct Shared {
+    /// The live routing snapshot, swapped whole on reload.
+    pub table: ArcSwap<RouteTable>,
+    /// The upstream connection pool.
+    pub client: Client<HttpConnector, UpstreamBody>,
+    /// See [`DEFAULT_BUFFER_LIMIT`].
+    pub buffer_limit: usize,
+}
+
+impl Shared {
+    /// Shared state around a first table, with a pooled keep-alive upstream client.
+    pub fn new(table: RouteTable) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(Duration::from_secs(10)));
+        connector.enforce_http(true);
+        let client = Client::builder(hyper_util::rt::TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_timer(hyper_util::rt::TokioTimer::new())
+            .build(connector);
+        Self {
+            table: ArcSwap::from_pointee(table),
+            client,
+            buffer_limit: DEFAULT_BUFFER_LIMIT,
+        }
+    }
+}
+
+/// Where a connection came in.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnInfo {
+    /// The route table's listener port.
+    pub port: u16,
+    /// Whether TLS was terminated.
+    pub tls: bool,
+    /// The client.
+    pub remote: SocketAddr,
+}
+
+/// Handles one request; never fails: every failure becomes a response.
+pub async fn handle(
+    shared: Arc<Shared>,
+    conn: ConnInfo,
+    req: Request<Incoming>,
+) -> Response<ProxyBody> {
+    let request_id = req
+        .headers()
+        .get("x-request-id")
+        .cloned()
+        .unwrap_or_else(new_request_id);
+    let mut flags = Flags::default();
+    let mut response = match proxy(&shared, conn, req, &request_id, &mut flags).await {
+        Ok(response) => response,
+        Err(e) => {
+            flags.push(e.flag());
+            e.into_response(&flags.to_string())
+        }
+    };
+    if !flags.is_empty() && !response.headers().contains_key(FLAGS_HEADER) {
+        if let Ok(v) = HeaderValue::from_str(&flags.to_string()) {
+            response.headers_mut().insert(FLAGS_HEADER, v);
+        }
+    }
+    response.headers_mut().insert("x-request-id", request_id);
+    response
+}
+
+/// Envoy response flags gathered along the way (`DI` for an injected delay, `URX` ...).
+#[derive(Default)]
+struct Flags(Vec<&'static str>);
+
+impl Flags {
+    fn push(&mut self, flag: &'static str) {
+        if !self.0.contains(&flag) {
+            self.0.push(flag);
+        }
+    }
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl std::fmt::Display for Flags {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0.join(","))
+    }
+}
+
+fn new_request_id() -> HeaderValue {
+    let id: u128 = rand::random();
+    HeaderValue::from_str(&format!("{id:032x}")).expect("hex is a valid header value")
+}
+
+fn draw() -> u64 {
+    rand::random()
+}
+
+fn roll(percent: f64) -> bool {
+    percent > 0.0 && rand::random::<f64>() * 100.0 < percent
+}
+
+async fn proxy(
+    shared: &Shared,
+    conn: ConnInfo,
+    req: Request<Incoming>,
+    request_id: &HeaderValue,
+    flags: &mut Flags,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let started = Instant::now();
+    let table = shared.table.load_full();
+    let (mut parts, body) = req.into_parts();
+    let authority = parts
+        .uri
+        .authority()
+        .map(|a| a.as_str().to_owned())
+        .or_else(|| {
+            parts
+                .headers
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_owned)
+        })
+        .ok_or_else(|| {
+            ProxyError::BadRequest("the request has no Host header or authority".into())
+        })?;
+    let host = host_of(&authority);
+    let no_route = |parts: &request::Parts| ProxyError::NoRoute {
+        host: host.clone(),
+        path: parts.uri.path().to_owned(),
+    };
+    let listener = table.listener(conn.port).ok_or_else(|| no_route(&parts))?;
+    let server = listener
+        .gateway_for(&host)
+        .ok_or_else(|| no_route(&parts))?;
+    let vhost = listener
+        .virtual_host(&server.gateway, &host)
+        .ok_or_else(|| no_route(&parts))?;
+
+    let mut buffered: Option<Bytes> = None;
+    let mut body = Some(body);
+    if vhost.reads_model && parts.method == Method::POST {
+        let bytes = read_bounded(
+            body.take().expect("body not taken yet"),
+            shared.buffer_limit,
+        )
+        .await?;
+        if let Some(model) = model_of(&bytes) {
+            parts
+                .headers
+                .insert(HeaderName::from_static(MODEL_HEADER), model);
+        }
+        buffered = Some(bytes);
+    }
+
+    let scheme = if conn.tls { "https" } else { "http" };
+    let view = RequestView {
+        method: parts.method.as_str(),
+        scheme,
+        authority: &authority,
+        path: parts.uri.path(),
+        query: parts.uri.query(),
+        headers: &parts.headers,
+        port: server.port,
+        gateway: &server.gateway,
+    };
+    let (route, matched_block) = vhost
+        .routes
+        .iter()
+        .find_map(|r| {
+            if r.matches.is_empty() {
+                return Some((r, None));
+            }
+            r.matches
+                .iter()
+                .position(|b| abgate_router::request::block_matches(b, &view))
+                .map(|i| (r, Some(i)))
+        })
+        .ok_or_else(|| no_route(&parts))?;
+    let route = Arc::clone(route);
+
+    let origin = parts.headers.get(header::ORIGIN).cloned();
+    if let Some(policy) = &route.cors {
+        if let Some(preflight) = cors::preflight(policy, &parts.method, &parts.headers) {
+            return Ok(preflight);
+        }
+    }
+
+    if let Some(fault) = &route.fault {
+        if let Some((delay, percent)) = fault.delay {
+            if roll(percent) {
+                tokio::time::sleep(delay).await;
+                flags.push("DI");
+            }
+        }
+        if let Some((abort, percent)) = &fault.abort {
+            if roll(*percent) {
+                let status = match abort {
+                    FaultAbort::Http(s) => *s,
+                    FaultAbort::Grpc(_) => 503,
+                };
+                return Err(ProxyError::FaultAbort(status));
+            }
+        }
+    }
+
+    let mut response = match &route.action {
+        Action::DirectResponse { status, body } => {
+            let mut r = Response::new(ProxyBody::full(body.clone()));
+            *r.status_mut() = StatusCode::from_u16(*status).unwrap_or(StatusCode::OK);
+            r
+        }
+        Action::Redirect(redirect) => {
+            let location = redirect_location(
+                redirect,
+                &parts,
+                scheme,
+                &authority,
+                server.port,
+                matched_block.map(|i| &route.matches[i].uri),
+            );
+            let mut r = Response::new(ProxyBody::empty());
+            *r.status_mut() =
+                StatusCode::from_u16(redirect.code).unwrap_or(StatusCode::MOVED_PERMANENTLY);
+            if let Ok(v) = HeaderValue::from_str(&location) {
+                r.headers_mut().insert(header::LOCATION, v);
+            }
+            r
+        }
+        Action::Forward(split) => {
+            let key = split
+                .stickiness
+                .as_ref()
+                .and_then(|s| key_value(&s.source, &parts.headers));
+            let target = split.choose(key.as_deref(), &mut draw);
+            let cluster = Arc::clone(&target.cluster);
+            check_available(&cluster)?;
+
+            let needs_buffer = route.retries.attempts > 0 || !route.mirrors.is_empty();
+            let request_body = match (buffered, body.take()) {
+                (Some(bytes), _) => Some(bytes),
+                (None, Some(incoming))
+                    if needs_buffer && fits(&parts.headers, &incoming, shared.buffer_limit) =>
+                {
+                    Some(read_bounded(incoming, shared.buffer_limit).await?)
+                }
+                (None, Some(incoming)) => {
+                    body = Some(incoming);
+                    None
+                }
+                (None, None) => None,
+            };
+
+            let path = rewritten_path(&route, &parts.uri, matched_block);
+            let upstream_authority = route
+                .rewrite
+                .as_ref()
+                .and_then(|r| r.authority.clone())
+                .unwrap_or_else(|| authority.clone());
+            let mut headers = std::mem::take(&mut parts.headers);
+            strip_hop_by_hop(&mut headers);
+            apply_request_ops(&mut headers, &route.headers.request);
+            apply_request_ops(&mut headers, &target.headers.request);
+            headers.insert("x-request-id", request_id.clone());
+            headers.insert(
+                "x-forwarded-proto",
+                HeaderValue::from_static(if conn.tls { "https" } else { "http" }),
+            );
+            append_forwarded_for(&mut headers, conn.remote);
+            let template = UpstreamRequest {
+                method: parts.method.clone(),
+                path,
+                authority: upstream_authority,
+                headers,
+            };
+
+            for (mirror, percent) in &route.mirrors {
+                if let (Some(bytes), true) = (&request_body, roll(*percent)) {
+                    mirror_request(shared, mirror, &template, bytes.clone(), route.timeout);
+                }
+            }
+
+            let hash = cluster
+                .balancer
+                .hash_key()
+                .and_then(|k| hash_of(k, &template.headers, parts.uri.query(), conn.remote));
+            let deadline = route.timeout.map(|t| started + t);
+            let body = match request_body {
+                Some(bytes) => Sent::Buffered(bytes),
+                None => Sent::Stream(body.take()),
+            };
+            let mut response = forward(
+                shared,
+                &cluster,
+                &route.retries,
+                &template,
+                body,
+                hash,
+                deadline,
+                flags,
+            )
+            .await?;
+            apply_response_ops(response.headers_mut(), &target.headers.response);
+            response
+        }
+    };
+    apply_response_ops(response.headers_mut(), &route.headers.response);
+    if let (Some(policy), Some(origin)) = (&route.cors, origin) {
+        cors::decorate(policy, &origin, response.headers_mut());
+    }
+    Ok(response)
+}
+
+fn check_available(cluster: &Cluster) -> Result<(), ProxyError> {
+    match cluster.unavailable {
+        None => Ok(()),
+        Some(Unavailable::NoEndpoints) => Err(ProxyError::NoHealthyUpstream {
+            cluster: cluster.name(),
+        }),
+        Some(Unavailable::NoSuchSubset | Unavailable::UnknownHost) => Err(ProxyError::NoCluster {
+            cluster: cluster.name(),
+        }),
+    }
+}
+
+/// Whether a body is small enough to buffer: its declared length, or an empty body.
+fn fits(headers: &HeaderMap, body: &Incoming, limit: usize) -> bool {
+    use http_body::Body as _;
+    if body.is_end_stream() {
+        return true;
+    }
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+        .is_some_and(|n| n <= limit)
+}
+
+async fn read_bounded(body: Incoming, limit: usize) -> Result<Bytes, ProxyError> {
+    match http_body_util::Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            Err(ProxyError::BodyTooLarge { limit })
+        }
+        Err(e) => Err(ProxyError::BadRequest(format!(
+            "cannot read the request body: {e}"
+        ))),
+    }
+}
+
+/// The OpenAI request's `model`, as a header value.
+fn model_of(body: &[u8]) -> Option<HeaderValue> {
+    #[derive(serde::Deserialize)]
+    struct ModelOnly<'a> {
+        #[serde(borrow)]
+        model: Option<std::borrow::Cow<'a, str>>,
+    }
+    let parsed: ModelOnly<'_> = serde_json::from_slice(body).ok()?;
+    HeaderValue::from_str(&parsed.model?).ok()
+}
+
+/// The stickiness key's value: a header, or a cookie.
+fn key_value(source: &KeySource, headers: &HeaderMap) -> Option<String> {
+    match source {
+        KeySource::Header(name) => headers.get(name.as_str())?.to_str().ok().map(str::to_owned),
+        KeySource::Cookie(name) => cookie(headers, name),
+    }
+}
+
+fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|line| {
+            line.split(';').find_map(|pair| {
+                let (k, v) = pair.trim().split_once('=')?;
+                (k == name).then(|| v.to_owned())
+            })
+        })
+}
+
+fn hash_of(
+    key: &HashKey,
+    headers: &HeaderMap,
+    query: Option<&str>,
+    remote: SocketAddr,
+) -> Option<u64> {
+    let value = match key {
+        HashKey::Header(name) => headers.get(name.as_str())?.to_str().ok()?.to_owned(),
+        HashKey::Cookie { name, .. } => cookie(headers, name)?,
+        HashKey::SourceIp => remote.ip().to_string(),
+        HashKey::QueryParameter(name) => query?.split('&').find_map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (k == name).then(|| v.to_owned())
+        })?,
+    };
+    Some(hash64(value.as_bytes()))
+}
+
+fn append_forwarded_for(headers: &mut HeaderMap, remote: SocketAddr) {
+    let ip = remote.ip().to_string();
+    let value = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(existing) => format!("{existing}, {ip}"),
+        None => ip,
+    };
+    if let Ok(v) = HeaderValue::from_str(&value) {
+        headers.insert("x-forwarded-for", v);
+    }
+}
+
+/// The path and query sent upstream, after `rewrite`.
+fn rewritten_path(route: &Route, uri: &Uri, matched_block: Option<usize>) -> String {
+    let path = uri.path();
+    let new_path = match route.rewrite.as_ref().and_then(|r| r.uri.as_ref()) {
+        None => path.to_owned(),
+        Some(UriRewrite::Prefix(replacement)) => {
+            let matched = matched_block.and_then(|i| route.matches[i].uri.as_ref());
+            match matched {
+                // A prefix match replaces just the prefix; any other match the whole path.
+                Some(StringMatcher::Prefix(prefix)) if path.len() >= prefix.len() => {
+                    format!("{replacement}{}", &path[prefix.len()..])
+                }
+                _ => replacement.clone(),
+            }
+        }
+        Some(UriRewrite::Regex(re, replacement)) => {
+            re.replace_all(path, replacement.as_str()).into_owned()
+        }
+    };
+    match uri.query() {
+        Some(q) => format!("{new_path}?{q}"),
+        None => new_path,
+    }
+}
+
+fn redirect_location(
+    redirect: &abgate_config::model::Redirect,
+    parts: &request::Parts,
+    scheme: &str,
+    authority: &str,
+    port: u16,
+    matched_uri: Option<&Option<StringMatcher>>,
+) -> String {
+    let scheme = redirect.scheme.as_deref().unwrap_or(scheme);
+    let host = redirect
+        .authority
+        .clone()
+        .unwrap_or_else(|| host_of(authority));
+    let request_port = authority
+        .rsplit_once(':')
+        .and_then(|(_, p)| p.parse::<u16>().ok());
+    let port = match redirect.port {
+        Some(RedirectPort::Fixed(p)) => Some(p),
+        Some(RedirectPort::FromRequestPort) => request_port.or(Some(port)),
+        Some(RedirectPort::FromProtocolDefault) => None,
+        None if redirect.scheme.is_some() => None,
+        None => request_port,
+    };
+    let path = parts.uri.path();
+    let new_path = match &redirect.uri {
+        None => path.to_owned(),
+        Some(UriRedirect::Replace(p)) => p.clone(),
+        Some(UriRedirect::PrefixRewrite(replacement)) => match matched_uri.and_then(|m| m.as_ref())
+        {
+            Some(StringMatcher::Prefix(prefix)) if path.starts_with(prefix.as_str()) => {
+                format!("{replacement}{}", &path[prefix.len()..])
+            }
+            _ => replacement.clone(),
+        },
+    };
+    let default_port = if scheme == "https" { 443 } else { 80 };
+    let port = port
+        .filter(|p| *p != default_port)
+        .map(|p| format!(":{p}"))
+        .unwrap_or_default();
+    let query = parts
+        .uri
+        .query()
+        .map(|q| format!("?{q}"))
+        .unwrap_or_default();
+    format!("{scheme}://{host}{port}{new_path}{query}")
+}
+
+/// What is sent upstream, before an endpoint is chosen.
+struct UpstreamRequest {
+    method: Method,
+    path: String,
+    authority: String,
+    headers: HeaderMap,
+}
+
+impl UpstreamRequest {
+    fn build(
+        &self,
+        endpoint: &Endpoint,
+        body: UpstreamBody,
+        host_override: Option<&str>,
+    ) -> Request<UpstreamBody> {
+        let uri = format!("http://{}{}", endpoint.authority, self.path);
+        let mut req = Request::new(body);
+        *req.method_mut() = self.method.clone();
+        *req.uri_mut() = uri.parse().unwrap_or_else(|_| Uri::from_static("/"));
+        *req.headers_mut() = self.headers.clone();
+        let host = host_override.unwrap_or(&self.authority);
+        if let Ok(v) = HeaderValue::from_str(host) {
+            req.headers_mut().insert(header::HOST, v);
+        }
+        req
+    }
+}
+
+enum Sent {
+    Buffered(Bytes),
+    Stream(Option<Incoming>),
+}
+
+/// Sends to an endpoint of the cluster, retrying as the route's policy says, within the
+/// route's deadline.
+#[allow(clippy::too_many_arguments)]
+async fn forward(
+    shared: &Shared,
+    cluster: &Arc<Cluster>,
+    policy: &RetryPolicy,
+    template: &UpstreamRequest,
+    mut body: Sent,
+    hash: Option<u64>,
+    deadline: Option<Instant>,
+    flags: &mut Flags,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let started = Instant::now();
+    let endpoints = &cluster.endpoints;
+    let mut tried: Vec<usize> = Vec::new();
+    let mut attempt: u32 = 0;
+    // A streamed body can be sent once only.
+    let attempts = if matches!(body, Sent::Stream(_)) {
+        0
+    } else {
+        policy.attempts
+    };
+    loop {
+        let mut index = cluster.balancer.pick(endpoints, hash, &mut draw);
+        if policy.ignore_previous_hosts && tried.contains(&index) && tried.len() < endpoints.len() {
+            index = (0..endpoints.len())
+                .find(|i| !tried.contains(i))
+                .unwrap_or(index);
+        }
+        tried.push(index);
+        let endpoint = &endpoints[index];
+        let upstream_body = match &mut body {
+            Sent::Buffered(bytes) => UpstreamBody::full(bytes.clone()),
+            Sent::Stream(incoming) => match incoming.take() {
+                Some(inner) => UpstreamBody::Stream { inner },
+                None => UpstreamBody::full(Bytes::new()),
+            },
+        };
+        let request = template.build(endpoint, upstream_body, None);
+        let in_flight = endpoint.start();
+        let per_try = match (policy.per_try_timeout, deadline) {
+            (Some(t), Some(d)) => Some((Instant::now() + t).min(d)),
+            (Some(t), None) => Some(Instant::now() + t),
+            (None, d) => d,
+        };
+        let outcome = match per_try {
+            Some(at) => match tokio::time::timeout_at(at, shared.client.request(request)).await {
+                Ok(r) => Attempt::from_result(r, endpoint),
+                Err(_) => Attempt::TimedOut,
+            },
+            None => Attempt::from_result(shared.client.request(request).await, endpoint),
+        };
+        let retriable = match &outcome {
+            Attempt::Response(r) => retriable_status(&policy.retry_on, r.status(), r.headers()),
+            Attempt::Failed(e) if e.is_connect_failure() => {
+                let on = &policy.retry_on;
+                on.connect_failure
+                    || on.server_error
+                    || on.gateway_error
+                    || on.reset
+                    || on.refused_stream
+            }
+            Attempt::Failed(_) => {
+                policy.retry_on.reset
+                    || policy.retry_on.server_error
+                    || policy.retry_on.gateway_error
+            }
+            Attempt::TimedOut => policy.retry_on.server_error || policy.retry_on.gateway_error,
+        };
+        let past_deadline = deadline.is_some_and(|d| Instant::now() >= d);
+        if !retriable || past_deadline || attempt >= attempts {
+            if retriable && attempt >= attempts && attempts > 0 {
+                flags.push("URX");
+            }
+            return match outcome {
+                Attempt::Response(response) => {
+                    let (mut parts, incoming) = response.into_parts();
+                    strip_hop_by_hop(&mut parts.headers);
+                    Ok(Response::from_parts(
+                        parts,
+                        ProxyBody::stream(incoming, deadline, Some(in_flight)),
+                    ))
+                }
+                Attempt::Failed(e) => Err(e),
+                Attempt::TimedOut => Err(ProxyError::Timeout(started.elapsed())),
+            };
+        }
+        drop(in_flight);
+        attempt += 1;
+        // Envoy's backoff: a random wait up to base × 2^attempt, at most ten times the base.
+        let cap = policy
+            .backoff
+            .saturating_mul(1 << attempt.min(10))
+            .min(policy.backoff * 10);
+        let wait = cap.mul_f64(rand::random::<f64>());
+        match deadline {
+            Some(d) => tokio::time::sleep_until((Instant::now() + wait).min(d)).await,
+            None => tokio::time::sleep(wait).await,
+        }
+    }
+}
+
+enum Attempt {
+    Response(Response<Incoming>),
+    Failed(ProxyError),
+    TimedOut,
+}
+
+impl Attempt {
+    fn from_result(
+        result: Result<Response<Incoming>, hyper_util::client::legacy::Error>,
+        endpoint: &Endpoint,
+    ) -> Self {
+        match result {
+            Ok(r) => Attempt::Response(r),
+            Err(e) if e.is_connect() => Attempt::Failed(ProxyError::ConnectFailure {
+                endpoint: endpoint.authority.clone(),
+                reason: error_chain(&e),
+            }),
+            Err(e) => Attempt::Failed(ProxyError::UpstreamReset {
+                endpoint: endpoint.authority.clone(),
+                reason: error_chain(&e),
+            }),
+        }
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+/// Whether a response's status (or gRPC status) is one the policy retries.
+fn retriable_status(on: &RetryOn, status: StatusCode, headers: &HeaderMap) -> bool {
+    let code = status.as_u16();
+    if (on.server_error && status.is_server_error())
+        || (on.gateway_error && matches!(code, 502..=504))
+        || (on.retriable_4xx && code == 409)
+        || on.status_codes.contains(&code)
+    {
+        return true;
+    }
+    let grpc = headers
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u8>().ok());
+    matches!(
+        (grpc, on),
+        (
+            Some(14),
+            RetryOn {
+                unavailable: true,
+                ..
+            }
+        ) | (
+            Some(1),
+            RetryOn {
+                cancelled: true,
+                ..
+            }
+        ) | (
+            Some(4),
+            RetryOn {
+                deadline_exceeded: true,
+                ..
+            }
+        ) | (Some(13), RetryOn { internal: true, .. })
+            | (
+                Some(8),
+                RetryOn {
+                    resource_exhausted: true,
+                    ..
+                }
+            )
+    )
+}
+
+/// Sends a copy to a mirror, fire and forget: its answer, slowness or failure never
+/// touches the client's response. The Host gets `-shadow`, as Envoy does.
+fn mirror_request(
+    shared: &Shared,
+    cluster: &Arc<Cluster>,
+    template: &UpstreamRequest,
+    body: Bytes,
+    timeout: Option<Duration>,
+) {
+    if cluster.unavailable.is_some() || cluster.endpoints.is_empty() {
+        return;
+    }
+    let index = cluster.balancer.pick(&cluster.endpoints, None, &mut draw);
+    let endpoint = Arc::clone(&cluster.endpoints[index]);
+    let shadow = shadow_host(&template.authority);
+    let request = template.build(&endpoint, UpstreamBody::full(body), Some(&shadow));
+    let client = shared.client.clone();
+    let limit = timeout.unwrap_or(Duration::from_secs(30));
+    tokio::spawn(async move {
+        let _in_flight = endpoint.start();
+        if let Ok(Ok(response)) = tokio::time::timeout(limit, client.request(request)).await {
+            // Drain so the connection returns to the pool.
+            let _ = tokio::time::timeout(limit, response.into_body().collect()).await;
+        }
+    });
+}
+
+/// `host:port` → `host-shadow:port`.
+fn shadow_host(authority: &str) -> String {
+    if let Some(end) = authority.rfind(']') {
+        let (host, rest) = authority.split_at(end + 1);
+        return format!("{host}-shadow{rest}");
+    }
+    match authority.rsplit_once(':') {
+        Some((host, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => {
+            format!("{host}-shadow:{port}")
+        }
+        _ => format!("{authority}-shadow"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shadow_host_goes_before_the_port() {
+        assert_eq!(
+            shadow_host("api.example.com:8080"),
+            "api.example.com-shadow:8080"
+        );
+        assert_eq!(shadow_host("api.example.com"), "api.example.com-shadow");
+    }
+
+    #[test]
+    fn model_is_read_from_the_json_body() {
+        assert_eq!(
+            model_of(br#"{"messages":[],"model":"llama-3.1-8b"}"#),
+            Some(HeaderValue::from_static("llama-3.1-8b"))
+        );
+        assert_eq!(model_of(b"not json"), None);
+    }
+
+    #[test]
+    fn cookies_are_found_by_name() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; uid=u-42; b=2"),
+        );
+        assert_eq!(cookie(&headers, "uid").as_deref(), Some("u-42"));
+        assert_eq!(cookie(&headers, "c"), None);
+    }
+
+    #[test]
+    fn retry_on_statuses_follow_envoy() {
+        let default = RetryPolicy::istio_default().retry_on;
+        let headers = HeaderMap::new();
+        assert!(!retriable_status(
+            &default,
+            StatusCode::SERVICE_UNAVAILABLE,
+            &headers
+        ));
+        let on = RetryOn {
+            gateway_error: true,
+            ..RetryOn::default()
+        };
+        assert!(retriable_status(&on, StatusCode::BAD_GATEWAY, &headers));
+        assert!(!retriable_status(
+            &on,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &headers
+        ));
+        let on = RetryOn {
+            status_codes: vec![429],
+            ..RetryOn::default()
+        };
+        assert!(retriable_status(
+            &on,
+            StatusCode::TOO_MANY_REQUESTS,
+            &headers
+        ));
+    }
+}
