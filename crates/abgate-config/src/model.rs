@@ -626,6 +626,10 @@ pub struct ConnectionPool {
     pub idle_timeout: Option<Duration>,
     /// HTTP/2 streams per connection.
     pub max_concurrent_streams: Option<u32>,
+    /// `h2UpgradePolicy: UPGRADE`: speak HTTP/2 (h2c) to the endpoints.
+    pub h2_upgrade: bool,
+    /// `useClientProtocol`: speak to the endpoints in the protocol the client used.
+    pub use_client_protocol: bool,
 }
 
 /// Outlier detection, with Istio's defaults applied.

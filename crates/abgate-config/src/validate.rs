@@ -1479,14 +1479,15 @@ fn connection_pool(
         if let Some(idle) = cx.duration(&f.key("idleTimeout"), &http.idle_timeout) {
             pool.idle_timeout = Some(idle);
         }
-        if let Some(policy) = &http.h2_upgrade_policy {
-            if !matches!(policy.as_str(), "DEFAULT" | "DO_NOT_UPGRADE" | "UPGRADE") {
-                cx.error(
-                    &f.key("h2UpgradePolicy"),
-                    format!("`{policy}` is not DEFAULT, DO_NOT_UPGRADE or UPGRADE"),
-                );
-            }
+        match http.h2_upgrade_policy.as_deref() {
+            None | Some("DEFAULT" | "DO_NOT_UPGRADE") => {}
+            Some("UPGRADE") => pool.h2_upgrade = true,
+            Some(policy) => cx.error(
+                &f.key("h2UpgradePolicy"),
+                format!("`{policy}` is not DEFAULT, DO_NOT_UPGRADE or UPGRADE"),
+            ),
         }
+        pool.use_client_protocol = http.use_client_protocol.unwrap_or(false);
     }
     pool
 }

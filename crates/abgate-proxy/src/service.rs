@@ -35,8 +35,10 @@ pub const DEFAULT_BUFFER_LIMIT: usize = 1 << 20;
 pub struct Shared {
     /// The live routing snapshot, swapped whole on reload.
     pub table: ArcSwap<RouteTable>,
-    /// The upstream connection pool.
+    /// The upstream connection pool (HTTP/1.1).
     pub client: Client<HttpConnector, UpstreamBody>,
+    /// The upstream connection pool for endpoints spoken to in HTTP/2 (h2c).
+    pub client_h2: Client<HttpConnector, UpstreamBody>,
     /// See [`DEFAULT_BUFFER_LIMIT`].
     pub buffer_limit: usize,
 }
@@ -48,13 +50,17 @@ impl Shared {
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_secs(10)));
         connector.enforce_http(true);
-        let client = Client::builder(hyper_util::rt::TokioExecutor::new())
+        let mut builder = Client::builder(hyper_util::rt::TokioExecutor::new());
+        builder
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_timer(hyper_util::rt::TokioTimer::new())
-            .build(connector);
+            .timer(hyper_util::rt::TokioTimer::new());
+        let client = builder.build(connector.clone());
+        let client_h2 = builder.http2_only(true).build(connector);
         Self {
             table: ArcSwap::from_pointee(table),
             client,
+            client_h2,
             buffer_limit: DEFAULT_BUFFER_LIMIT,
         }
     }
@@ -269,7 +275,15 @@ async fn proxy(
             let cluster = Arc::clone(&target.cluster);
             check_available(&cluster)?;
 
-            let needs_buffer = route.retries.attempts > 0 || !route.mirrors.is_empty();
+            let model_rewrite = target
+                .headers
+                .request
+                .set
+                .iter()
+                .find(|(name, _)| name == MODEL_HEADER)
+                .map(|(_, model)| model.clone());
+            let needs_buffer =
+                route.retries.attempts > 0 || !route.mirrors.is_empty() || model_rewrite.is_some();
             let request_body = match (buffered, body.take()) {
                 (Some(bytes), _) => Some(bytes),
                 (None, Some(incoming))
@@ -284,6 +298,13 @@ async fn proxy(
                 (None, None) => None,
             };
 
+            let request_body = match (request_body, &model_rewrite) {
+                (Some(bytes), Some(model)) => {
+                    parts.headers.remove(header::CONTENT_LENGTH);
+                    Some(with_model(bytes, model))
+                }
+                (body, _) => body,
+            };
             let path = rewritten_path(&route, &parts.uri, matched_block);
             let upstream_authority = route
                 .rewrite
@@ -322,8 +343,17 @@ async fn proxy(
                 Some(bytes) => Sent::Buffered(bytes),
                 None => Sent::Stream(body.take()),
             };
+            let pool = cluster.policy.connection_pool.as_ref();
+            let http2 = pool.is_some_and(|p| {
+                p.h2_upgrade || (p.use_client_protocol && parts.version == http::Version::HTTP_2)
+            });
+            let client = if http2 {
+                &shared.client_h2
+            } else {
+                &shared.client
+            };
             let mut response = forward(
-                shared,
+                client,
                 &cluster,
                 &route.retries,
                 &template,
@@ -393,6 +423,21 @@ fn model_of(body: &[u8]) -> Option<HeaderValue> {
     }
     let parsed: ModelOnly<'_> = serde_json::from_slice(body).ok()?;
     HeaderValue::from_str(&parsed.model?).ok()
+}
+
+/// The body with its JSON `model` replaced (a candidate served under another model or
+/// adapter name); a body that is not a JSON object goes unchanged.
+fn with_model(body: Bytes, model: &str) -> Bytes {
+    let Ok(serde_json::Value::Object(mut object)) =
+        serde_json::from_slice::<serde_json::Value>(&body)
+    else {
+        return body;
+    };
+    object.insert(
+        "model".to_owned(),
+        serde_json::Value::String(model.to_owned()),
+    );
+    serde_json::to_vec(&object).map_or(body, Bytes::from)
 }
 
 /// The stickiness key's value: a header, or a cookie.
@@ -555,7 +600,7 @@ enum Sent {
 /// route's deadline.
 #[allow(clippy::too_many_arguments)]
 async fn forward(
-    shared: &Shared,
+    client: &Client<HttpConnector, UpstreamBody>,
     cluster: &Arc<Cluster>,
     policy: &RetryPolicy,
     template: &UpstreamRequest,
@@ -598,11 +643,11 @@ async fn forward(
             (None, d) => d,
         };
         let outcome = match per_try {
-            Some(at) => match tokio::time::timeout_at(at, shared.client.request(request)).await {
+            Some(at) => match tokio::time::timeout_at(at, client.request(request)).await {
                 Ok(r) => Attempt::from_result(r, endpoint),
                 Err(_) => Attempt::TimedOut,
             },
-            None => Attempt::from_result(shared.client.request(request).await, endpoint),
+            None => Attempt::from_result(client.request(request).await, endpoint),
         };
         let retriable = match &outcome {
             Attempt::Response(r) => retriable_status(&policy.retry_on, r.status(), r.headers()),
@@ -796,6 +841,22 @@ mod tests {
             Some(HeaderValue::from_static("llama-3.1-8b"))
         );
         assert_eq!(model_of(b"not json"), None);
+    }
+
+    #[test]
+    fn model_rewrite_keeps_the_rest_of_the_body() {
+        let body = Bytes::from_static(
+            br#"{"model":"a","messages":[{"role":"user","content":"hi"}],"stream":true}"#,
+        );
+        let rewritten = with_model(body, "b");
+        assert_eq!(
+            &rewritten[..],
+            br#"{"model":"b","messages":[{"role":"user","content":"hi"}],"stream":true}"#
+        );
+        assert_eq!(
+            with_model(Bytes::from_static(b"[1]"), "b"),
+            Bytes::from_static(b"[1]")
+        );
     }
 
     #[test]
