@@ -48,8 +48,9 @@ impl ProxyBody {
         ProxyBody::Full { data: None }
     }
 
-    /// An upstream body that ends at `deadline` (a clean end: the client sees the stream
-    /// close, as a route timeout does in Envoy) and counts as in flight until it ends.
+    /// An upstream body that is cut at `deadline` with an error (so the client's stream is
+    /// reset, as Envoy resets a response its route timeout interrupts) and counts as in
+    /// flight until it ends.
     pub fn stream(inner: Incoming, deadline: Option<Instant>, in_flight: Option<InFlight>) -> Self {
         ProxyBody::Stream {
             inner,
@@ -77,7 +78,13 @@ impl Body for ProxyBody {
                 if let Some(deadline) = deadline.as_pin_mut() {
                     if deadline.poll(cx).is_ready() {
                         in_flight.take();
-                        return Poll::Ready(None);
+                        // An error, not an end: the server then resets the stream (HTTP/2)
+                        // or closes the connection before the last chunk (HTTP/1.1), so
+                        // the client can tell a cut response from a complete one.
+                        return Poll::Ready(Some(Err(Box::new(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            "route timeout reached while streaming the response",
+                        )))));
                     }
                 }
                 match inner.poll_frame(cx) {

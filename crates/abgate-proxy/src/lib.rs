@@ -111,7 +111,9 @@ impl Running {
                 ?grace,
                 "grace period over; closing the connections still open"
             );
+            // Aborting an accept loop drops its connection tasks, closing them.
             self.tasks.abort_all();
+            while self.tasks.join_next().await.is_some() {}
         }
     }
 }
@@ -231,8 +233,12 @@ async fn accept_loop(
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     let graceful = GracefulShutdown::new();
     let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
+    // Connections are owned here, so that aborting this task (when the grace period is
+    // over) closes them too.
+    let mut connections = JoinSet::new();
     loop {
         let (stream, remote) = tokio::select! {
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
             accepted = socket.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
@@ -260,7 +266,7 @@ async fn accept_loop(
                     .serve_connection(TokioIo::new(stream), service)
                     .into_owned();
                 let watched = graceful.watch(connection);
-                tokio::spawn(async move {
+                connections.spawn(async move {
                     if let Err(e) = watched.await {
                         tracing::debug!(error = %e, "connection ended with an error");
                     }
@@ -270,7 +276,7 @@ async fn accept_loop(
                 let acceptor = acceptor.clone();
                 let builder = Arc::clone(&builder);
                 let watcher = graceful.watcher();
-                tokio::spawn(async move {
+                connections.spawn(async move {
                     let stream = match tokio::time::timeout(
                         Duration::from_secs(10),
                         acceptor.accept(stream),
@@ -291,5 +297,7 @@ async fn accept_loop(
             }
         }
     }
+    // Refuse new connections at once, then drain.
+    drop(socket);
     graceful.shutdown().await;
 }

@@ -651,12 +651,14 @@ async fn forward(
         };
         let retriable = match &outcome {
             Attempt::Response(r) => retriable_status(&policy.retry_on, r.status(), r.headers()),
+            // A refused connection never sent the request: `reset-before-request` covers it.
             Attempt::Failed(e) if e.is_connect_failure() => {
                 let on = &policy.retry_on;
                 on.connect_failure
                     || on.server_error
                     || on.gateway_error
                     || on.reset
+                    || on.reset_before_request
                     || on.refused_stream
             }
             Attempt::Failed(_) => {
@@ -664,7 +666,13 @@ async fn forward(
                     || policy.retry_on.server_error
                     || policy.retry_on.gateway_error
             }
-            Attempt::TimedOut => policy.retry_on.server_error || policy.retry_on.gateway_error,
+            // Envoy counts a per-try timeout as an upstream that did not respond: `reset`
+            // retries it as `5xx` and `gateway-error` do.
+            Attempt::TimedOut => {
+                policy.retry_on.server_error
+                    || policy.retry_on.gateway_error
+                    || policy.retry_on.reset
+            }
         };
         let past_deadline = deadline.is_some_and(|d| Instant::now() >= d);
         if !retriable || past_deadline || attempt >= attempts {
