@@ -1,4 +1,5 @@
-//! The admin listener: health and readiness (later: metrics, the API, the dashboard).
+//! The admin listener: health, readiness and Prometheus metrics (later: the API and the
+//! dashboard).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -12,6 +13,8 @@ use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use abgate_telemetry::Telemetry;
+
 use crate::body::ProxyBody;
 
 fn respond(status: StatusCode, text: &'static str) -> Response<ProxyBody> {
@@ -24,8 +27,20 @@ fn respond(status: StatusCode, text: &'static str) -> Response<ProxyBody> {
     r
 }
 
-fn route(req: &Request<Incoming>, ready: &AtomicBool) -> Response<ProxyBody> {
+fn route(
+    req: &Request<Incoming>,
+    ready: &AtomicBool,
+    telemetry: &Telemetry,
+) -> Response<ProxyBody> {
     match req.uri().path() {
+        "/metrics" => {
+            let mut r = Response::new(ProxyBody::full(telemetry.render()));
+            r.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            r
+        }
         "/healthz" => respond(StatusCode::OK, "ok\n"),
         "/readyz" if ready.load(Ordering::SeqCst) => respond(StatusCode::OK, "ready\n"),
         "/readyz" => respond(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
@@ -37,6 +52,7 @@ fn route(req: &Request<Incoming>, ready: &AtomicBool) -> Response<ProxyBody> {
 pub async fn serve(
     socket: TcpListener,
     ready: Arc<AtomicBool>,
+    telemetry: Arc<Telemetry>,
     mut stopped: watch::Receiver<bool>,
 ) {
     let builder = auto::Builder::new(TokioExecutor::new());
@@ -49,11 +65,12 @@ pub async fn serve(
             _ = stopped.changed() => return,
         };
         let ready = Arc::clone(&ready);
+        let telemetry = Arc::clone(&telemetry);
         let connection = builder
             .serve_connection(
                 TokioIo::new(stream),
                 service_fn(move |req| {
-                    let response = route(&req, &ready);
+                    let response = route(&req, &ready, &telemetry);
                     async move { Ok::<_, std::convert::Infallible>(response) }
                 }),
             )

@@ -12,6 +12,9 @@ use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 
 use abgate_router::InFlight;
+use abgate_telemetry::ResponseFlags;
+
+use crate::meter::Meter;
 
 /// The error type of proxied bodies.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -30,6 +33,7 @@ pin_project! {
             #[pin]
             deadline: Option<Sleep>,
             in_flight: Option<InFlight>,
+            meter: Option<Meter>,
         },
     }
 }
@@ -56,6 +60,32 @@ impl ProxyBody {
             inner,
             deadline: deadline.map(tokio::time::sleep_until),
             in_flight,
+            meter: None,
+        }
+    }
+
+    /// Measures this streamed body as it is forwarded; a complete body gets its meter
+    /// finished at once, as it will never be polled to an end.
+    pub fn metered(self, mut meter: Meter) -> Self {
+        match self {
+            ProxyBody::Stream {
+                inner,
+                deadline,
+                in_flight,
+                ..
+            } if !inner.is_end_stream() => ProxyBody::Stream {
+                inner,
+                deadline,
+                in_flight,
+                meter: Some(meter),
+            },
+            other => {
+                if let ProxyBody::Full { data: Some(data) } = &other {
+                    meter.data(data);
+                }
+                meter.finish();
+                other
+            }
         }
     }
 }
@@ -71,13 +101,18 @@ impl Body for ProxyBody {
         match self.project() {
             ProxyBodyProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
             ProxyBodyProj::Stream {
-                inner,
+                mut inner,
                 deadline,
                 in_flight,
+                meter,
             } => {
                 if let Some(deadline) = deadline.as_pin_mut() {
                     if deadline.poll(cx).is_ready() {
                         in_flight.take();
+                        if let Some(mut m) = meter.take() {
+                            m.flag(ResponseFlags::UT);
+                            m.finish();
+                        }
                         // An error, not an end: the server then resets the stream (HTTP/2)
                         // or closes the connection before the last chunk (HTTP/1.1), so
                         // the client can tell a cut response from a complete one.
@@ -87,16 +122,35 @@ impl Body for ProxyBody {
                         )))));
                     }
                 }
-                match inner.poll_frame(cx) {
+                match inner.as_mut().poll_frame(cx) {
                     Poll::Ready(None) => {
                         in_flight.take();
+                        if let Some(m) = meter.take() {
+                            m.finish();
+                        }
                         Poll::Ready(None)
                     }
                     Poll::Ready(Some(Err(e))) => {
                         in_flight.take();
+                        if let Some(mut m) = meter.take() {
+                            m.flag(ResponseFlags::UC);
+                            m.finish();
+                        }
                         Poll::Ready(Some(Err(Box::new(e))))
                     }
-                    other => other.map(|f| f.map(|r| r.map_err(|e| Box::new(e) as BoxError))),
+                    Poll::Ready(Some(Ok(frame))) => {
+                        if let (Some(m), Some(data)) = (meter.as_mut(), frame.data_ref()) {
+                            m.data(data);
+                        }
+                        if inner.is_end_stream() {
+                            in_flight.take();
+                            if let Some(m) = meter.take() {
+                                m.finish();
+                            }
+                        }
+                        Poll::Ready(Some(Ok(frame)))
+                    }
+                    Poll::Pending => Poll::Pending,
                 }
             }
         }

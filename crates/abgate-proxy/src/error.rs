@@ -4,6 +4,8 @@
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode};
 
+use abgate_telemetry::ResponseFlags;
+
 use crate::body::ProxyBody;
 
 /// The header that carries Istio/Envoy response flags (`NR`, `UF`, `UT`, ...).
@@ -85,16 +87,16 @@ impl ProxyError {
     }
 
     /// Envoy's response flag for this failure.
-    pub fn flag(&self) -> &'static str {
+    pub fn flag(&self) -> ResponseFlags {
         match self {
-            ProxyError::BadRequest(_) | ProxyError::BodyTooLarge { .. } => "DPE",
-            ProxyError::NoRoute { .. } => "NR",
-            ProxyError::NoCluster { .. } => "NC",
-            ProxyError::NoHealthyUpstream { .. } => "UH",
-            ProxyError::ConnectFailure { .. } => "UF",
-            ProxyError::UpstreamReset { .. } => "UC",
-            ProxyError::Timeout(_) => "UT",
-            ProxyError::FaultAbort(_) => "FI",
+            ProxyError::BadRequest(_) | ProxyError::BodyTooLarge { .. } => ResponseFlags::DPE,
+            ProxyError::NoRoute { .. } => ResponseFlags::NR,
+            ProxyError::NoCluster { .. } => ResponseFlags::NC,
+            ProxyError::NoHealthyUpstream { .. } => ResponseFlags::UH,
+            ProxyError::ConnectFailure { .. } => ResponseFlags::UF,
+            ProxyError::UpstreamReset { .. } => ResponseFlags::UC,
+            ProxyError::Timeout(_) => ResponseFlags::UT,
+            ProxyError::FaultAbort(_) => ResponseFlags::FI,
         }
     }
 
@@ -105,9 +107,9 @@ impl ProxyError {
 
     /// The response for this failure, with `flags` (this failure's flag and any earlier
     /// ones such as `URX`) in [`FLAGS_HEADER`].
-    pub fn into_response(self, flags: &str) -> Response<ProxyBody> {
+    pub fn into_response(self, flags: ResponseFlags) -> Response<ProxyBody> {
         let status = self.status();
-        error_response(status, flags, &self.to_string(), self.code())
+        error_response(status, &flags.to_string(), &self.to_string(), self.code())
     }
 
     fn code(&self) -> &'static str {

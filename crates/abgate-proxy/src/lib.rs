@@ -8,6 +8,7 @@ mod body;
 mod cors;
 mod error;
 mod headers;
+mod meter;
 mod service;
 mod tls;
 
@@ -19,6 +20,7 @@ use std::time::Duration;
 
 use abgate_config::Config;
 use abgate_router::{BuildOptions, RouteTable};
+use abgate_telemetry::Telemetry;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
@@ -72,6 +74,11 @@ impl Running {
             .iter()
             .find(|(_, _, tls)| *tls)
             .map(|(_, a, _)| *a)
+    }
+
+    /// The gateway's metrics and per-variant store.
+    pub fn telemetry(&self) -> &Arc<Telemetry> {
+        &self.shared.telemetry
     }
 
     /// Swaps in a new configuration: the table is built aside, then replaces the old one
@@ -130,7 +137,9 @@ pub async fn start(config: &Config, options: &ServeOptions) -> std::io::Result<R
         Some(addr) => Some(TcpListener::bind(addr).await?),
         None => None,
     };
+    let telemetry = Telemetry::new();
     let build_options = BuildOptions {
+        telemetry: Arc::clone(&telemetry),
         plain_http_port: plain
             .as_ref()
             .map(|l| l.local_addr())
@@ -189,7 +198,7 @@ pub async fn start(config: &Config, options: &ServeOptions) -> std::io::Result<R
         sockets.push((listener.port, socket, tls_config));
     }
 
-    let shared = Arc::new(Shared::new(table));
+    let shared = Arc::new(Shared::new(table, Arc::clone(&telemetry)));
     let ready = Arc::new(AtomicBool::new(false));
     let (stop, stopped) = watch::channel(false);
     let mut tasks = JoinSet::new();
@@ -209,8 +218,10 @@ pub async fn start(config: &Config, options: &ServeOptions) -> std::io::Result<R
     tasks.spawn(admin::serve(
         admin_socket,
         Arc::clone(&ready),
+        Arc::clone(&telemetry),
         stopped.clone(),
     ));
+    tasks.spawn(housekeep(Arc::clone(&telemetry), stopped.clone()));
     ready.store(true, Ordering::SeqCst);
     Ok(Running {
         shared,
@@ -221,6 +232,34 @@ pub async fn start(config: &Config, options: &ServeOptions) -> std::io::Result<R
         stop,
         tasks,
     })
+}
+
+/// Counts an open client connection until dropped.
+struct ConnectionOpen(Arc<Shared>);
+
+impl ConnectionOpen {
+    fn new(shared: &Arc<Shared>) -> Self {
+        shared.telemetry.gateway().connection_opened();
+        Self(Arc::clone(shared))
+    }
+}
+
+impl Drop for ConnectionOpen {
+    fn drop(&mut self) {
+        self.0.telemetry.gateway().connection_closed();
+    }
+}
+
+/// Clears the variant store's next windows before they start, so recording never waits.
+async fn housekeep(telemetry: Arc<Telemetry>, mut stopped: watch::Receiver<bool>) {
+    let period = (telemetry.store().window_len() / 2).max(Duration::from_millis(100));
+    loop {
+        telemetry.store().housekeep(std::time::Instant::now());
+        tokio::select! {
+            _ = tokio::time::sleep(period) => {}
+            _ = stopped.changed() => return,
+        }
+    }
 }
 
 async fn accept_loop(
@@ -250,6 +289,7 @@ async fn accept_loop(
             _ = stopped.changed() => break,
         };
         let _ = stream.set_nodelay(true);
+        let shared_for_stats = Arc::clone(&shared);
         let conn = ConnInfo {
             port,
             tls: acceptor.is_some(),
@@ -266,17 +306,21 @@ async fn accept_loop(
                     .serve_connection(TokioIo::new(stream), service)
                     .into_owned();
                 let watched = graceful.watch(connection);
+                let open = ConnectionOpen::new(&shared_for_stats);
                 connections.spawn(async move {
                     if let Err(e) = watched.await {
                         tracing::debug!(error = %e, "connection ended with an error");
                     }
+                    drop(open);
                 });
             }
             Some(acceptor) => {
                 let acceptor = acceptor.clone();
                 let builder = Arc::clone(&builder);
                 let watcher = graceful.watcher();
+                let open = ConnectionOpen::new(&shared_for_stats);
                 connections.spawn(async move {
+                    let _open = open;
                     let stream = match tokio::time::timeout(
                         Duration::from_secs(10),
                         acceptor.accept(stream),

@@ -9,8 +9,11 @@ use abgate_config::model::{
     UriRewrite,
 };
 use abgate_router::{
-    hash64, host_of, Action, Cluster, Endpoint, RequestView, Route, RouteTable, Unavailable,
-    MODEL_HEADER,
+    hash64, host_of, Action, Cluster, Endpoint, RequestView, Route, RouteTable, Target,
+    Unavailable, MODEL_HEADER,
+};
+use abgate_telemetry::{
+    DestinationLabels, DestinationSeries, RequestProtocol, ResponseFlags, Telemetry,
 };
 use arc_swap::ArcSwap;
 use bytes::Bytes;
@@ -26,6 +29,7 @@ use crate::body::{ProxyBody, UpstreamBody};
 use crate::cors;
 use crate::error::{ProxyError, FLAGS_HEADER};
 use crate::headers::{apply_request_ops, apply_response_ops, strip_hop_by_hop};
+use crate::meter::{LlmKind, Meter};
 
 /// Request bodies up to this size are buffered so that they can be retried, mirrored, or
 /// read for their `model`; larger ones stream through once.
@@ -41,11 +45,15 @@ pub struct Shared {
     pub client_h2: Client<HttpConnector, UpstreamBody>,
     /// See [`DEFAULT_BUFFER_LIMIT`].
     pub buffer_limit: usize,
+    /// Metrics and the per-variant store.
+    pub telemetry: Arc<Telemetry>,
+    /// The series for requests that reach no destination (no route, bad request).
+    unrouted: Arc<DestinationSeries>,
 }
 
 impl Shared {
     /// Shared state around a first table, with a pooled keep-alive upstream client.
-    pub fn new(table: RouteTable) -> Self {
+    pub fn new(table: RouteTable, telemetry: Arc<Telemetry>) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_secs(10)));
@@ -62,6 +70,8 @@ impl Shared {
             client,
             client_h2,
             buffer_limit: DEFAULT_BUFFER_LIMIT,
+            unrouted: telemetry.destination(DestinationLabels::new("unknown", "unknown")),
+            telemetry,
         }
     }
 }
@@ -77,52 +87,84 @@ pub struct ConnInfo {
     pub remote: SocketAddr,
 }
 
-/// Handles one request; never fails: every failure becomes a response.
+/// Handles one request; never fails: every failure becomes a response. The request is
+/// measured until its response ends.
 pub async fn handle(
     shared: Arc<Shared>,
     conn: ConnInfo,
     req: Request<Incoming>,
 ) -> Response<ProxyBody> {
+    let started = std::time::Instant::now();
     let request_id = req
         .headers()
         .get("x-request-id")
         .cloned()
         .unwrap_or_else(new_request_id);
-    let mut flags = Flags::default();
-    let mut response = match proxy(&shared, conn, req, &request_id, &mut flags).await {
+    let grpc = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    let request_bytes = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse().ok())
+        .unwrap_or(0);
+    let completion_path = req.uri().path().ends_with("completions");
+    let mut flags = ResponseFlags::NONE;
+    let mut charge = None;
+    let mut response = match proxy(&shared, conn, req, &request_id, &mut flags, &mut charge).await {
         Ok(response) => response,
         Err(e) => {
-            flags.push(e.flag());
-            e.into_response(&flags.to_string())
+            flags |= e.flag();
+            e.into_response(flags)
         }
     };
-    if !flags.is_empty() && !response.headers().contains_key(FLAGS_HEADER) {
-        if let Ok(v) = HeaderValue::from_str(&flags.to_string()) {
-            response.headers_mut().insert(FLAGS_HEADER, v);
-        }
-    }
+    // Flags are the gateway's own: an upstream's header of that name is not passed on.
+    match flags.is_empty() {
+        true => response.headers_mut().remove(FLAGS_HEADER),
+        false => response.headers_mut().insert(
+            FLAGS_HEADER,
+            HeaderValue::from_str(&flags.to_string()).expect("flag names are header-safe"),
+        ),
+    };
     response.headers_mut().insert("x-request-id", request_id);
-    response
+
+    let series = charge.unwrap_or_else(|| Arc::clone(&shared.unrouted));
+    let protocol = if grpc {
+        RequestProtocol::Grpc
+    } else {
+        RequestProtocol::Http
+    };
+    let mut meter = Meter::new(
+        Arc::clone(&shared.telemetry),
+        series,
+        started,
+        request_bytes,
+        protocol,
+    );
+    let status = response.status();
+    meter.respond(
+        status.as_u16(),
+        flags,
+        llm_kind(response.headers(), status, completion_path),
+    );
+    let (parts, body) = response.into_parts();
+    Response::from_parts(parts, body.metered(meter))
 }
 
-/// Envoy response flags gathered along the way (`DI` for an injected delay, `URX` ...).
-#[derive(Default)]
-struct Flags(Vec<&'static str>);
-
-impl Flags {
-    fn push(&mut self, flag: &'static str) {
-        if !self.0.contains(&flag) {
-            self.0.push(flag);
-        }
-    }
-    fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-}
-
-impl std::fmt::Display for Flags {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0.join(","))
+/// Whether, and how, a response is read for LLM figures: any event stream, and JSON
+/// answers to completion requests.
+fn llm_kind(headers: &HeaderMap, status: StatusCode, completion_path: bool) -> Option<LlmKind> {
+    let content_type = headers.get(header::CONTENT_TYPE)?.as_bytes();
+    if content_type.starts_with(b"text/event-stream") {
+        Some(LlmKind::Stream)
+    } else if completion_path
+        && status.is_success()
+        && content_type.starts_with(b"application/json")
+    {
+        Some(LlmKind::Json)
+    } else {
+        None
     }
 }
 
@@ -144,7 +186,8 @@ async fn proxy(
     conn: ConnInfo,
     req: Request<Incoming>,
     request_id: &HeaderValue,
-    flags: &mut Flags,
+    flags: &mut ResponseFlags,
+    charge: &mut Option<Arc<DestinationSeries>>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let started = Instant::now();
     let table = shared.table.load_full();
@@ -229,7 +272,7 @@ async fn proxy(
         if let Some((delay, percent)) = fault.delay {
             if roll(percent) {
                 tokio::time::sleep(delay).await;
-                flags.push("DI");
+                *flags |= ResponseFlags::DI;
             }
         }
         if let Some((abort, percent)) = &fault.abort {
@@ -273,6 +316,7 @@ async fn proxy(
                 .and_then(|s| key_value(&s.source, &parts.headers));
             let target = split.choose(key.as_deref(), &mut draw);
             let cluster = Arc::clone(&target.cluster);
+            *charge = Some(Arc::clone(&target.unplaced));
             check_available(&cluster)?;
 
             let model_rewrite = target
@@ -354,13 +398,14 @@ async fn proxy(
             };
             let mut response = forward(
                 client,
-                &cluster,
+                target,
                 &route.retries,
                 &template,
                 body,
                 hash,
                 deadline,
                 flags,
+                charge,
             )
             .await?;
             apply_response_ops(response.headers_mut(), &target.headers.response);
@@ -601,15 +646,17 @@ enum Sent {
 #[allow(clippy::too_many_arguments)]
 async fn forward(
     client: &Client<HttpConnector, UpstreamBody>,
-    cluster: &Arc<Cluster>,
+    target: &Target,
     policy: &RetryPolicy,
     template: &UpstreamRequest,
     mut body: Sent,
     hash: Option<u64>,
     deadline: Option<Instant>,
-    flags: &mut Flags,
+    flags: &mut ResponseFlags,
+    charge: &mut Option<Arc<DestinationSeries>>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let started = Instant::now();
+    let cluster = &target.cluster;
     let endpoints = &cluster.endpoints;
     let mut tried: Vec<usize> = Vec::new();
     let mut attempt: u32 = 0;
@@ -628,6 +675,10 @@ async fn forward(
         }
         tried.push(index);
         let endpoint = &endpoints[index];
+        // The last endpoint tried answers for the request in the metrics.
+        if let Some(series) = target.series.get(index) {
+            *charge = Some(Arc::clone(series));
+        }
         let upstream_body = match &mut body {
             Sent::Buffered(bytes) => UpstreamBody::full(bytes.clone()),
             Sent::Stream(incoming) => match incoming.take() {
@@ -677,7 +728,7 @@ async fn forward(
         let past_deadline = deadline.is_some_and(|d| Instant::now() >= d);
         if !retriable || past_deadline || attempt >= attempts {
             if retriable && attempt >= attempts && attempts > 0 {
-                flags.push("URX");
+                *flags |= ResponseFlags::URX;
             }
             return match outcome {
                 Attempt::Response(response) => {

@@ -6,6 +6,7 @@
 use std::sync::Arc;
 
 use abgate_config::model::{HeaderRules, KeySource};
+use abgate_telemetry::DestinationSeries;
 
 use crate::cluster::Cluster;
 use crate::sticky::StickySplit;
@@ -21,6 +22,10 @@ pub struct Target {
     pub headers: HeaderRules,
     /// The experiment variant this target is, when an experiment routes.
     pub variant: Option<Arc<str>>,
+    /// Telemetry series per endpoint, indexed like `cluster.endpoints`.
+    pub series: Vec<Arc<DestinationSeries>>,
+    /// The series for failures before an endpoint is chosen (no endpoint, no subset).
+    pub unplaced: Arc<DestinationSeries>,
 }
 
 /// A sticky assignment: where the key comes from and how buckets map to targets.
@@ -98,6 +103,7 @@ mod tests {
     use super::*;
     use crate::balancer::Balancer;
     use abgate_config::model::TrafficPolicy;
+    use abgate_telemetry::{DestinationLabels, Telemetry};
 
     fn target(name: &str, weight: u32) -> Target {
         Target {
@@ -113,6 +119,8 @@ mod tests {
             weight,
             headers: HeaderRules::default(),
             variant: None,
+            series: Vec::new(),
+            unplaced: Telemetry::new().destination(DestinationLabels::new("h", "t")),
         }
     }
 

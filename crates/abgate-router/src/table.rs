@@ -10,6 +10,7 @@ use abgate_config::model::{
     Protocol, Redirect, RetryPolicy, Rewrite, RouteAction, ServerTls, VirtualService,
 };
 use abgate_config::{Config, ServiceView};
+use abgate_telemetry::{DestinationLabels, Telemetry};
 use bytes::Bytes;
 
 use crate::balancer::Balancer;
@@ -25,14 +26,27 @@ pub const MODEL_HEADER: &str = "x-gateway-model-name";
 pub const STICKINESS_ANNOTATION: &str = "abgate.dev/stickiness";
 
 /// How the table is built.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct BuildOptions {
+    /// Where each target's series are registered (the same labels keep their counters
+    /// across rebuilds).
+    pub telemetry: Arc<Telemetry>,
     /// Serve every plain-HTTP Gateway server on this port instead of the declared ones
     /// (so that abgate runs unprivileged); with no Gateway at all, one listener on this
     /// port serves every VirtualService (the mesh view).
     pub plain_http_port: Option<u16>,
     /// Serve every HTTPS Gateway server on this port instead of the declared ones.
     pub tls_port: Option<u16>,
+}
+
+impl Default for BuildOptions {
+    fn default() -> Self {
+        Self {
+            telemetry: Telemetry::new(),
+            plain_http_port: None,
+            tls_port: None,
+        }
+    }
 }
 
 /// What a rule does, compiled.
@@ -226,6 +240,7 @@ impl RouteTable {
     /// over a reload.
     pub fn build(config: &Config, options: &BuildOptions, previous: Option<&RouteTable>) -> Self {
         let mut b = Builder {
+            telemetry: &options.telemetry,
             config,
             clusters: HashMap::new(),
             endpoints: HashMap::new(),
@@ -417,6 +432,7 @@ fn host_aliases(host: &str) -> Vec<String> {
 }
 
 struct Builder<'c> {
+    telemetry: &'c Telemetry,
     config: &'c Config,
     clusters: HashMap<(String, Option<String>, Option<u16>), Arc<Cluster>>,
     endpoints: HashMap<String, Arc<Endpoint>>,
@@ -441,11 +457,15 @@ impl Builder<'_> {
                     RouteAction::Forward(dests) => {
                         let targets = dests
                             .iter()
-                            .map(|d| Target {
-                                cluster: self.cluster(&d.destination),
-                                weight: d.weight,
-                                headers: d.headers.clone(),
-                                variant: None,
+                            .map(|d| {
+                                let cluster = self.cluster(&d.destination);
+                                self.target(
+                                    cluster,
+                                    d.weight,
+                                    d.headers.clone(),
+                                    &vs.meta.namespace,
+                                    None,
+                                )
                             })
                             .collect();
                         let key = sticky
@@ -500,15 +520,18 @@ impl Builder<'_> {
                     ],
                     ..HeaderOps::default()
                 };
-                Target {
-                    cluster: self.cluster(&destination),
-                    weight: v.weight,
-                    headers: HeaderRules {
-                        request: HeaderOps::default(),
-                        response,
-                    },
-                    variant: Some(v.name.as_str().into()),
-                }
+                let cluster = self.cluster(&destination);
+                let headers = HeaderRules {
+                    request: HeaderOps::default(),
+                    response,
+                };
+                self.target(
+                    cluster,
+                    v.weight,
+                    headers,
+                    &e.meta.namespace,
+                    Some((&e.id, &v.name)),
+                )
             })
             .collect();
         let sticky = e
@@ -531,6 +554,56 @@ impl Builder<'_> {
             mirrors: Vec::new(),
             cors: None,
             experiment: Some(e.id.as_str().into()),
+        }
+    }
+
+    /// A target with a telemetry series for each of its cluster's endpoints.
+    fn target(
+        &mut self,
+        cluster: Arc<Cluster>,
+        weight: u32,
+        headers: HeaderRules,
+        namespace: &str,
+        experiment: Option<(&str, &str)>,
+    ) -> Target {
+        let labels = |endpoint: Option<&Endpoint>| {
+            let namespace = cluster
+                .host
+                .strip_suffix(".svc.cluster.local")
+                .and_then(|h| h.split('.').nth(1))
+                .unwrap_or(namespace);
+            let mut l = DestinationLabels::new(&cluster.host, namespace);
+            l.destination_subset = cluster.subset.clone().unwrap_or_default();
+            if let Some(endpoint) = endpoint {
+                if let Some(v) = endpoint.labels.get("version") {
+                    l.destination_version.clone_from(v);
+                }
+                if let Some(app) = endpoint.labels.get("app") {
+                    l.destination_workload.clone_from(app);
+                }
+                if let Some(model) = endpoint.labels.get("model") {
+                    l.model_name.clone_from(model);
+                }
+            }
+            if let Some((id, variant)) = experiment {
+                l.experiment_id = id.to_owned();
+                l.variant = variant.to_owned();
+            }
+            l
+        };
+        let series = cluster
+            .endpoints
+            .iter()
+            .map(|e| self.telemetry.destination(labels(Some(e))))
+            .collect();
+        let unplaced = self.telemetry.destination(labels(None));
+        Target {
+            weight,
+            headers,
+            variant: experiment.map(|(_, v)| v.into()),
+            series,
+            unplaced,
+            cluster,
         }
     }
 

@@ -393,6 +393,14 @@ impl DestinationSeries {
     }
 }
 
+impl std::fmt::Debug for DestinationSeries {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DestinationSeries")
+            .field("labels", self.labels())
+            .finish_non_exhaustive()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Instant;

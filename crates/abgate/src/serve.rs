@@ -148,18 +148,21 @@ fn reload(running: &Running, args: &ServeArgs) {
     let loaded = match abgate_config::load(&args.files) {
         Ok(l) => l,
         Err(e) => {
+            running.telemetry().gateway().record_config_reload(false);
             tracing::error!("reload: {e}; the running configuration stays");
             return;
         }
     };
     log_diagnostics(&loaded);
     if loaded.has_rejected() || !acceptable(&loaded, args.strict) {
+        running.telemetry().gateway().record_config_reload(false);
         tracing::error!(
             "reload refused: the configuration has errors; the running configuration stays"
         );
         return;
     }
     running.reload(&loaded.config);
+    running.telemetry().gateway().record_config_reload(true);
     tracing::info!("configuration reloaded");
 }
 

@@ -1,0 +1,284 @@
+//! Measuring a response as it streams: Istio's request metrics when it ends, and for
+//! OpenAI responses the LLM figures (time to first token, tokens, gaps between chunks).
+//!
+//! Definitions (written in the README too):
+//! - TTFT: from the request received to the first streamed chunk that carries content
+//!   (`delta.content` or `text` not empty) being forwarded; streaming responses only.
+//! - E2E: from the request received to the last byte of the response forwarded.
+//! - TPOT: (E2E − TTFT) / (completion tokens − 1), as vLLM's benchmark defines it.
+//! - Chunk gap: the time between two consecutive content chunks forwarded.
+//! - Tokens: `usage` when the response carries it, else the number of content chunks.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use abgate_telemetry::{
+    DestinationSeries, LlmRecord, RequestProtocol, RequestRecord, ResponseFlags, Telemetry,
+};
+
+/// The largest JSON body scanned for `usage`; bigger ones are counted but not parsed.
+const MAX_JSON_SCAN: usize = 4 << 20;
+
+/// How a response is read for LLM figures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LlmKind {
+    /// `text/event-stream` chunks.
+    Stream,
+    /// One JSON completion.
+    Json,
+}
+
+/// The measurements of one request; recorded once, when the response ends (or the client
+/// goes away, which is recorded with the `DC` flag).
+pub struct Meter {
+    telemetry: Arc<Telemetry>,
+    series: Arc<DestinationSeries>,
+    started: Instant,
+    code: u16,
+    flags: ResponseFlags,
+    protocol: RequestProtocol,
+    request_bytes: u64,
+    response_bytes: u64,
+    llm: Option<LlmScan>,
+    done: bool,
+}
+
+struct LlmScan {
+    kind: LlmKind,
+    /// SSE: the partial line carried to the next chunk. JSON: the body so far.
+    buffer: Vec<u8>,
+    first_content: Option<Instant>,
+    last_content: Option<Instant>,
+    content_chunks: u64,
+    usage: Option<(u64, u64)>,
+}
+
+impl Meter {
+    /// Starts measuring a request that began at `started`; counts it in flight.
+    pub fn new(
+        telemetry: Arc<Telemetry>,
+        series: Arc<DestinationSeries>,
+        started: Instant,
+        request_bytes: u64,
+        protocol: RequestProtocol,
+    ) -> Self {
+        telemetry.gateway().request_started();
+        Self {
+            telemetry,
+            series,
+            started,
+            code: 0,
+            flags: ResponseFlags::NONE,
+            protocol,
+            request_bytes,
+            response_bytes: 0,
+            llm: None,
+            done: false,
+        }
+    }
+
+    /// The response's status and flags, and whether to read it for LLM figures.
+    pub fn respond(&mut self, code: u16, flags: ResponseFlags, llm: Option<LlmKind>) {
+        self.code = code;
+        self.flags = flags;
+        self.llm = llm.map(|kind| LlmScan {
+            kind,
+            buffer: Vec::new(),
+            first_content: None,
+            last_content: None,
+            content_chunks: 0,
+            usage: None,
+        });
+    }
+
+    /// A chunk of the response forwarded to the client.
+    pub fn data(&mut self, chunk: &[u8]) {
+        self.response_bytes += chunk.len() as u64;
+        let Some(scan) = &mut self.llm else { return };
+        match scan.kind {
+            LlmKind::Json => {
+                if scan.buffer.len() + chunk.len() <= MAX_JSON_SCAN {
+                    scan.buffer.extend_from_slice(chunk);
+                }
+            }
+            LlmKind::Stream => {
+                let now = Instant::now();
+                scan.buffer.extend_from_slice(chunk);
+                let mut start = 0;
+                while let Some(end) = scan.buffer[start..].iter().position(|&b| b == b'\n') {
+                    let line = &scan.buffer[start..start + end];
+                    if let Some(event) = sse_event(line) {
+                        if has_content(event) {
+                            if let Some(last) = scan.last_content {
+                                self.series
+                                    .record_chunk_gap(now.saturating_duration_since(last));
+                            }
+                            scan.first_content.get_or_insert(now);
+                            scan.last_content = Some(now);
+                            scan.content_chunks += 1;
+                        }
+                        if let Some(usage) = usage_of(event) {
+                            scan.usage = Some(usage);
+                        }
+                    }
+                    start += end + 1;
+                }
+                scan.buffer.drain(..start);
+            }
+        }
+    }
+
+    /// Adds a flag that arose while streaming (a timeout cutting the response).
+    pub fn flag(&mut self, flag: ResponseFlags) {
+        self.flags |= flag;
+    }
+
+    /// Records the request: the response ended.
+    pub fn finish(mut self) {
+        self.record();
+    }
+
+    fn record(&mut self) {
+        if self.done {
+            return;
+        }
+        self.done = true;
+        let now = Instant::now();
+        let e2e = now.saturating_duration_since(self.started);
+        self.series.record_request(&RequestRecord {
+            code: self.code,
+            flags: self.flags,
+            protocol: self.protocol,
+            duration: e2e,
+            request_bytes: self.request_bytes,
+            response_bytes: self.response_bytes,
+            at: now,
+        });
+        if let Some(scan) = &self.llm {
+            let usage = match scan.kind {
+                LlmKind::Json => usage_of(&scan.buffer),
+                LlmKind::Stream => scan.usage,
+            };
+            let (prompt_tokens, completion_tokens) = usage.unwrap_or((0, scan.content_chunks));
+            let success = (200..300).contains(&self.code)
+                && (self.flags.difference(ResponseFlags::DI)).is_empty();
+            self.series.record_llm(&LlmRecord {
+                ttft: scan
+                    .first_content
+                    .map(|t| t.saturating_duration_since(self.started)),
+                e2e,
+                prompt_tokens,
+                completion_tokens,
+                success,
+                at: now,
+            });
+        }
+        self.telemetry.gateway().request_finished();
+    }
+}
+
+impl Drop for Meter {
+    /// A response dropped before its end: the client went away (`DC`).
+    fn drop(&mut self) {
+        if !self.done {
+            self.flags |= ResponseFlags::DC;
+            self.record();
+        }
+    }
+}
+
+/// The payload of an SSE `data:` line, unless it is the `[DONE]` marker.
+fn sse_event(line: &[u8]) -> Option<&[u8]> {
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let payload = line.strip_prefix(b"data:")?;
+    let payload = payload.strip_prefix(b" ").unwrap_or(payload);
+    (payload != b"[DONE]").then_some(payload)
+}
+
+/// Whether a chunk carries generated text: a non-empty `content` (chat) or `text`
+/// (completions). Found by scanning, not parsing: it runs on every chunk.
+fn has_content(event: &[u8]) -> bool {
+    [&b"\"content\":\""[..], &b"\"text\":\""[..]]
+        .iter()
+        .any(|key| {
+            find(event, key).is_some_and(|at| event.get(at + key.len()).is_some_and(|&c| c != b'"'))
+        })
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// `(prompt_tokens, completion_tokens)` of a JSON object's `usage`, parsed only when the
+/// text holds a `usage` object.
+fn usage_of(json: &[u8]) -> Option<(u64, u64)> {
+    find(json, b"\"usage\":{").or_else(|| find(json, b"\"usage\": {"))?;
+    #[derive(serde::Deserialize)]
+    struct Usage {
+        #[serde(default)]
+        prompt_tokens: u64,
+        #[serde(default)]
+        completion_tokens: u64,
+    }
+    #[derive(serde::Deserialize)]
+    struct WithUsage {
+        usage: Option<Usage>,
+    }
+    let parsed: WithUsage = serde_json::from_slice(json).ok()?;
+    parsed.usage.map(|u| (u.prompt_tokens, u.completion_tokens))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_chunks_are_found_without_parsing() {
+        assert!(has_content(br#"{"choices":[{"delta":{"content":"hi"}}]}"#));
+        assert!(!has_content(
+            br#"{"choices":[{"delta":{"role":"assistant","content":""}}]}"#
+        ));
+        assert!(has_content(br#"{"choices":[{"text":" world","index":0}]}"#));
+    }
+
+    #[test]
+    fn usage_is_read_from_the_final_chunk_or_body() {
+        assert_eq!(usage_of(br#"{"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":7,"total_tokens":10}}"#), Some((3, 7)));
+        assert_eq!(usage_of(br#"{"choices":[]}"#), None);
+        assert_eq!(usage_of(br#"{"usage":null}"#), None);
+    }
+
+    #[test]
+    fn sse_lines_yield_events_but_not_done() {
+        assert_eq!(sse_event(b"data: {\"a\":1}\r"), Some(&b"{\"a\":1}"[..]));
+        assert_eq!(sse_event(b"data: [DONE]"), None);
+        assert_eq!(sse_event(b": keep-alive"), None);
+    }
+
+    #[test]
+    fn a_stream_split_across_reads_counts_each_chunk_once() {
+        let telemetry = Telemetry::new();
+        let series = telemetry.destination(abgate_telemetry::DestinationLabels::new("m", "ns"));
+        let mut meter = Meter::new(
+            Arc::clone(&telemetry),
+            Arc::clone(&series),
+            Instant::now(),
+            10,
+            RequestProtocol::Http,
+        );
+        meter.respond(200, ResponseFlags::NONE, Some(LlmKind::Stream));
+        let stream = "data: {\"choices\":[{\"delta\":{\"role\":\"assistant\",\"content\":\"\"}}]}\n\n\
+                      data: {\"choices\":[{\"delta\":{\"content\":\"a\"}}]}\n\n\
+                      data: {\"choices\":[{\"delta\":{\"content\":\"b\"}}]}\n\n\
+                      data: {\"choices\":[],\"usage\":{\"prompt_tokens\":4,\"completion_tokens\":2}}\n\ndata: [DONE]\n\n";
+        for piece in stream.as_bytes().chunks(7) {
+            meter.data(piece);
+        }
+        let scan = meter.llm.as_ref().expect("scanning");
+        assert_eq!((scan.content_chunks, scan.usage), (2, Some((4, 2))));
+        meter.finish();
+        let text = telemetry.render();
+        assert!(text.contains("llm_tokens_generated_total{"), "{text}");
+        assert_eq!(telemetry.gateway().requests_in_flight(), 0);
+    }
+}
