@@ -221,6 +221,10 @@ async fn proxy(
 
     let mut buffered: Option<Bytes> = None;
     let mut body = Some(body);
+    // The model header is the gateway's reading of the body, never the client's word.
+    if vhost.reads_model {
+        parts.headers.remove(MODEL_HEADER);
+    }
     if vhost.reads_model && parts.method == Method::POST {
         let bytes = read_bounded(
             body.take().expect("body not taken yet"),

@@ -321,6 +321,16 @@ async fn body_model_routes_through_model_header_and_destination_rewrites_it() {
     assert_eq!(reply.header("x-backend"), Some("v1"));
     assert_eq!(v1.last().body, bytes::Bytes::from(body));
     assert_eq!(v2.count(), 1);
+
+    // A client cannot claim a model its body does not name.
+    let (req, _) = post("unused");
+    let body = r#"{"messages":[{"role":"user","content":"hi"}]}"#.to_owned();
+    let reply = gw
+        .http
+        .send(req.header("x-gateway-model-name", "llama-big"), body)
+        .await;
+    assert_eq!(reply.header("x-backend"), Some("v1"));
+    assert_eq!(v2.count(), 1);
     gw.stop().await;
 }
 
