@@ -9,6 +9,7 @@ mod cors;
 mod error;
 mod headers;
 mod meter;
+mod observe;
 mod service;
 mod tls;
 
@@ -31,6 +32,8 @@ use tokio::task::JoinSet;
 
 pub use body::ProxyBody;
 pub use error::{ProxyError, FLAGS_HEADER};
+pub use observe::AccessLogTarget;
+use observe::Observers;
 pub use service::{ConnInfo, Shared};
 
 /// How `abgate serve` runs.
@@ -44,6 +47,10 @@ pub struct ServeOptions {
     pub admin: SocketAddr,
     /// Where `credentialName` secrets are: `<certs>/<name>/tls.crt` and `tls.key`.
     pub certs: Option<PathBuf>,
+    /// Where access log lines go (none when `None`).
+    pub access_log: Option<AccessLogTarget>,
+    /// OTLP/HTTP collector base URL (`http://host:4318`) for spans (none when `None`).
+    pub otlp_endpoint: Option<String>,
 }
 
 /// A running gateway: its bound addresses and the handles to reload or stop it.
@@ -198,7 +205,9 @@ pub async fn start(config: &Config, options: &ServeOptions) -> std::io::Result<R
         sockets.push((listener.port, socket, tls_config));
     }
 
-    let shared = Arc::new(Shared::new(table, Arc::clone(&telemetry)));
+    let observers =
+        Observers::start(options.access_log.clone(), options.otlp_endpoint.as_deref()).await?;
+    let shared = Arc::new(Shared::new(table, Arc::clone(&telemetry), observers));
     let ready = Arc::new(AtomicBool::new(false));
     let (stop, stopped) = watch::channel(false);
     let mut tasks = JoinSet::new();

@@ -12,6 +12,8 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::observe::{Observers, Outcome, RequestInfo};
+
 use abgate_telemetry::{
     DestinationSeries, LlmRecord, RequestProtocol, RequestRecord, ResponseFlags, Telemetry,
 };
@@ -40,6 +42,8 @@ pub struct Meter {
     request_bytes: u64,
     response_bytes: u64,
     llm: Option<LlmScan>,
+    /// The request's description, when an access log or tracer wants it.
+    info: Option<(Arc<Observers>, Box<RequestInfo>)>,
     done: bool,
 }
 
@@ -73,8 +77,15 @@ impl Meter {
             request_bytes,
             response_bytes: 0,
             llm: None,
+            info: None,
             done: false,
         }
+    }
+
+    /// Hands the request's description to the access log and tracer when it ends.
+    pub fn observed(mut self, observers: Arc<Observers>, info: Option<Box<RequestInfo>>) -> Self {
+        self.info = info.map(|info| (observers, info));
+        self
     }
 
     /// The response's status and flags, and whether to read it for LLM figures.
@@ -154,6 +165,7 @@ impl Meter {
             response_bytes: self.response_bytes,
             at: now,
         });
+        let mut llm = None;
         if let Some(scan) = &self.llm {
             let usage = match scan.kind {
                 LlmKind::Json => usage_of(&scan.buffer),
@@ -162,7 +174,7 @@ impl Meter {
             let (prompt_tokens, completion_tokens) = usage.unwrap_or((0, scan.content_chunks));
             let success = (200..300).contains(&self.code)
                 && (self.flags.difference(ResponseFlags::DI)).is_empty();
-            self.series.record_llm(&LlmRecord {
+            let record = LlmRecord {
                 ttft: scan
                     .first_content
                     .map(|t| t.saturating_duration_since(self.started)),
@@ -171,9 +183,30 @@ impl Meter {
                 completion_tokens,
                 success,
                 at: now,
-            });
+            };
+            self.series.record_llm(&record);
+            llm = Some(record);
         }
         self.telemetry.gateway().request_finished();
+        if let Some((observers, info)) = &self.info {
+            let labels = self.series.labels();
+            observers.emit(
+                info,
+                &Outcome {
+                    code: self.code,
+                    flags: self.flags.to_string(),
+                    bytes_received: self.request_bytes,
+                    bytes_sent: self.response_bytes,
+                    duration: e2e,
+                    ttft: llm.as_ref().and_then(|l| l.ttft),
+                    prompt_tokens: llm.as_ref().map(|l| l.prompt_tokens),
+                    completion_tokens: llm.as_ref().map(|l| l.completion_tokens),
+                    experiment_id: labels.experiment_id.clone(),
+                    variant: labels.variant.clone(),
+                    version: labels.destination_version.clone(),
+                },
+            );
+        }
     }
 }
 

@@ -30,6 +30,7 @@ use crate::cors;
 use crate::error::{ProxyError, FLAGS_HEADER};
 use crate::headers::{apply_request_ops, apply_response_ops, strip_hop_by_hop};
 use crate::meter::{LlmKind, Meter};
+use crate::observe::{Observers, RequestInfo};
 
 /// Request bodies up to this size are buffered so that they can be retried, mirrored, or
 /// read for their `model`; larger ones stream through once.
@@ -49,11 +50,13 @@ pub struct Shared {
     pub telemetry: Arc<Telemetry>,
     /// The series for requests that reach no destination (no route, bad request).
     unrouted: Arc<DestinationSeries>,
+    /// Access log and tracer.
+    pub observers: Arc<Observers>,
 }
 
 impl Shared {
     /// Shared state around a first table, with a pooled keep-alive upstream client.
-    pub fn new(table: RouteTable, telemetry: Arc<Telemetry>) -> Self {
+    pub fn new(table: RouteTable, telemetry: Arc<Telemetry>, observers: Observers) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_secs(10)));
@@ -72,6 +75,7 @@ impl Shared {
             buffer_limit: DEFAULT_BUFFER_LIMIT,
             unrouted: telemetry.destination(DestinationLabels::new("unknown", "unknown")),
             telemetry,
+            observers: Arc::new(observers),
         }
     }
 }
@@ -110,9 +114,26 @@ pub async fn handle(
         .and_then(|v| v.to_str().ok()?.parse().ok())
         .unwrap_or(0);
     let completion_path = req.uri().path().ends_with("completions");
+    let mut info = shared.observers.active().then(|| {
+        Box::new(RequestInfo::new(
+            &req,
+            &request_id,
+            shared.observers.tracing(),
+        ))
+    });
     let mut flags = ResponseFlags::NONE;
     let mut charge = None;
-    let mut response = match proxy(&shared, conn, req, &request_id, &mut flags, &mut charge).await {
+    let mut response = match proxy(
+        &shared,
+        conn,
+        req,
+        &request_id,
+        &mut flags,
+        &mut charge,
+        &mut info,
+    )
+    .await
+    {
         Ok(response) => response,
         Err(e) => {
             flags |= e.flag();
@@ -141,7 +162,8 @@ pub async fn handle(
         started,
         request_bytes,
         protocol,
-    );
+    )
+    .observed(Arc::clone(&shared.observers), info);
     let status = response.status();
     meter.respond(
         status.as_u16(),
@@ -188,6 +210,7 @@ async fn proxy(
     request_id: &HeaderValue,
     flags: &mut ResponseFlags,
     charge: &mut Option<Arc<DestinationSeries>>,
+    info: &mut Option<Box<RequestInfo>>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let started = Instant::now();
     let table = shared.table.load_full();
@@ -264,6 +287,9 @@ async fn proxy(
         })
         .ok_or_else(|| no_route(&parts))?;
     let route = Arc::clone(route);
+    if let Some(info) = info.as_mut() {
+        info.route = Some(Arc::clone(&route.name));
+    }
 
     let origin = parts.headers.get(header::ORIGIN).cloned();
     if let Some(policy) = &route.cors {
@@ -321,6 +347,9 @@ async fn proxy(
             let target = split.choose(key.as_deref(), &mut draw);
             let cluster = Arc::clone(&target.cluster);
             *charge = Some(Arc::clone(&target.unplaced));
+            if let Some(info) = info.as_mut() {
+                info.upstream_cluster = Some(target.cluster.name());
+            }
             check_available(&cluster)?;
 
             let model_rewrite = target
@@ -410,6 +439,7 @@ async fn proxy(
                 deadline,
                 flags,
                 charge,
+                info,
             )
             .await?;
             apply_response_ops(response.headers_mut(), &target.headers.response);
@@ -658,6 +688,7 @@ async fn forward(
     deadline: Option<Instant>,
     flags: &mut ResponseFlags,
     charge: &mut Option<Arc<DestinationSeries>>,
+    info: &mut Option<Box<RequestInfo>>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let started = Instant::now();
     let cluster = &target.cluster;
@@ -690,7 +721,13 @@ async fn forward(
                 None => UpstreamBody::full(Bytes::new()),
             },
         };
-        let request = template.build(endpoint, upstream_body, None);
+        let mut request = template.build(endpoint, upstream_body, None);
+        if let Some(info) = info.as_mut() {
+            info.upstream_host = Some(endpoint.authority.clone());
+            if let Some(trace) = info.trace.as_mut() {
+                trace.start_attempt(&endpoint.authority, request.headers_mut());
+            }
+        }
         let in_flight = endpoint.start();
         let per_try = match (policy.per_try_timeout, deadline) {
             (Some(t), Some(d)) => Some((Instant::now() + t).min(d)),
@@ -704,6 +741,12 @@ async fn forward(
             },
             None => Attempt::from_result(client.request(request).await, endpoint),
         };
+        if let Some(trace) = info.as_mut().and_then(|i| i.trace.as_mut()) {
+            trace.end_attempt(match &outcome {
+                Attempt::Response(r) => Some(r.status().as_u16()),
+                _ => None,
+            });
+        }
         let retriable = match &outcome {
             Attempt::Response(r) => retriable_status(&policy.retry_on, r.status(), r.headers()),
             // A refused connection never sent the request: `reset-before-request` covers it.

@@ -157,6 +157,8 @@ async fn seed_config_routes_experiment_canary_and_default_and_sets_model_version
             listen_tls: None,
             admin: "127.0.0.1:0".parse().expect("addr"),
             certs: None,
+            access_log: None,
+            otlp_endpoint: None,
         },
     )
     .await

@@ -105,6 +105,8 @@ async fn https_gateway_terminates_tls_by_sni_for_http1_and_h2() {
             listen_tls: Some("127.0.0.1:0".parse().expect("addr")),
             admin: "127.0.0.1:0".parse().expect("addr"),
             certs: Some(certs.path().to_path_buf()),
+            access_log: None,
+            otlp_endpoint: None,
         },
     )
     .await

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use abgate_config::{Diagnostic, Loaded, Severity};
-use abgate_proxy::{Running, ServeOptions};
+use abgate_proxy::{AccessLogTarget, Running, ServeOptions};
 use notify::Watcher;
 use tokio::sync::mpsc;
 
@@ -36,6 +36,12 @@ pub struct ServeArgs {
     /// How long in-flight requests and streams may run after SIGTERM.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     grace: Duration,
+    /// Access log of JSON lines: `off`, `stdout`, or a file path (appended to).
+    #[arg(long, default_value = "off")]
+    access_log: String,
+    /// Export spans over OTLP/HTTP (JSON) to this collector, e.g. http://127.0.0.1:4318.
+    #[arg(long)]
+    otlp_endpoint: Option<String>,
     /// Runtime worker threads (default: one per core).
     #[arg(long)]
     workers: Option<usize>,
@@ -98,6 +104,12 @@ async fn serve(args: ServeArgs) -> ExitCode {
         listen_tls: args.listen_tls,
         admin: args.admin,
         certs: args.certs.clone(),
+        access_log: match args.access_log.as_str() {
+            "off" | "" => None,
+            "stdout" | "-" => Some(AccessLogTarget::Stdout),
+            path => Some(AccessLogTarget::File(PathBuf::from(path))),
+        },
+        otlp_endpoint: args.otlp_endpoint.clone(),
     };
     let running = match abgate_proxy::start(&loaded.config, &options).await {
         Ok(r) => r,

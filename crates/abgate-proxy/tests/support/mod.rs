@@ -364,6 +364,8 @@ impl Gateway {
                 listen_tls: None,
                 admin: "127.0.0.1:0".parse().expect("addr"),
                 certs: None,
+                access_log: None,
+                otlp_endpoint: None,
             },
         )
         .await
