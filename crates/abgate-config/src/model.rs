@@ -835,6 +835,42 @@ pub struct Experiment {
     pub success_criteria: BTreeMap<String, f64>,
     /// The seed's rollback criteria.
     pub rollback_criteria: BTreeMap<String, f64>,
+    /// How analyses judge the variants.
+    pub policy: PolicyKind,
+    /// How a canary ramps.
+    pub canary: CanaryPlan,
+    /// Requests each variant needs in the period before any verdict.
+    pub min_samples: u64,
+}
+
+/// Which analysis policy an experiment uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PolicyKind {
+    /// Always-valid sequential tests (the default).
+    Sequential,
+    /// The seed's thresholds, with its defects fixed.
+    Classic,
+}
+
+/// A canary's ramp: fixed steps up to a maximum, or an explicit list of weights.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CanaryPlan {
+    /// Points added at each healthy analysis (default 10, as the seed's +10).
+    pub step_weight: u32,
+    /// Explicit candidate weights, in order; empty for fixed steps.
+    pub steps: Vec<u32>,
+    /// Candidate weight at which the canary is promoted (default 50, the seed's cap).
+    pub max_weight: u32,
+}
+
+impl Default for CanaryPlan {
+    fn default() -> Self {
+        Self {
+            step_weight: 10,
+            steps: Vec::new(),
+            max_weight: 50,
+        }
+    }
 }
 
 /// An experiment variant.

@@ -1889,14 +1889,63 @@ fn experiment(cx: &mut Cx, meta: Meta, spec: wire::ExperimentSpec) -> Experiment
             Strategy::Canary
         }
     };
-    if let Some(policy) = &spec.policy {
-        if policy != "sequential" && policy != "classic" {
+    let policy = match spec.policy.as_deref() {
+        None | Some("sequential") => PolicyKind::Sequential,
+        Some("classic") => PolicyKind::Classic,
+        Some(other) => {
             cx.error(
                 &spec_path.key("policy"),
-                format!("`{policy}` is not sequential or classic"),
+                format!("`{other}` is not sequential or classic"),
             );
+            PolicyKind::Sequential
+        }
+    };
+    let mut canary = CanaryPlan::default();
+    if let Some(c) = &spec.canary {
+        let f = spec_path.key("canary");
+        let percent = |cx: &mut Cx, field: FieldPath, v: i64| -> u32 {
+            if (0..=100).contains(&v) {
+                v as u32
+            } else {
+                cx.error(&field, format!("must be between 0 and 100, got {v}"));
+                0
+            }
+        };
+        if let Some(step) = c.step_weight {
+            canary.step_weight = percent(cx, f.key("stepWeight"), step);
+            if canary.step_weight == 0 {
+                cx.error(&f.key("stepWeight"), "stepWeight must be positive");
+            }
+        }
+        if let Some(max) = c.max_weight {
+            canary.max_weight = percent(cx, f.key("maxWeight"), max);
+        }
+        canary.steps = c
+            .steps
+            .iter()
+            .enumerate()
+            .map(|(i, w)| percent(cx, f.key("steps").index(i), *w))
+            .collect();
+        if canary.steps.windows(2).any(|w| w[1] <= w[0]) {
+            cx.error(&f.key("steps"), "steps must increase");
+        }
+        if c.max_weight.is_none() {
+            if let Some(last) = canary.steps.last() {
+                canary.max_weight = *last;
+            }
         }
     }
+    let min_samples = match spec.analysis.as_ref().and_then(|a| a.min_samples) {
+        None => 100,
+        Some(n) if n >= 0 => n as u64,
+        Some(n) => {
+            cx.error(
+                &spec_path.key("analysis").key("minSamples"),
+                format!("minSamples must not be negative, got {n}"),
+            );
+            100
+        }
+    };
     let interval = cx
         .duration(&spec_path.key("interval"), &spec.interval)
         .unwrap_or(Duration::from_secs(300));
@@ -1929,6 +1978,9 @@ fn experiment(cx: &mut Cx, meta: Meta, spec: wire::ExperimentSpec) -> Experiment
         target_metrics: spec.target_metrics,
         success_criteria: spec.success_criteria,
         rollback_criteria: spec.rollback_criteria,
+        policy,
+        canary,
+        min_samples,
         meta,
     }
 }

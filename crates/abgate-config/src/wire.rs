@@ -807,6 +807,10 @@ pub struct ExperimentSpec {
     pub strategy: Option<String>,
     /// `sequential` (default) or `classic`.
     pub policy: Option<String>,
+    /// How a canary ramps.
+    pub canary: Option<CanarySpec>,
+    /// How much evidence analysis needs.
+    pub analysis: Option<AnalysisSpec>,
     /// Time between analyses.
     pub interval: Option<String>,
     /// Planned length.
@@ -823,6 +827,27 @@ pub struct ExperimentSpec {
     /// The seed's rollback criteria.
     #[serde(default, alias = "rollback_criteria")]
     pub rollback_criteria: BTreeMap<String, f64>,
+}
+
+/// A canary's ramp.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CanarySpec {
+    /// Points of weight added to the candidate at each healthy analysis.
+    pub step_weight: Option<i64>,
+    /// Explicit weights to walk through instead of fixed steps.
+    #[serde(default)]
+    pub steps: Vec<i64>,
+    /// The candidate weight at which the canary is promoted.
+    pub max_weight: Option<i64>,
+}
+
+/// Analysis settings.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AnalysisSpec {
+    /// Requests each variant needs in the period before any verdict.
+    pub min_samples: Option<i64>,
 }
 
 /// One experiment variant.
