@@ -1,11 +1,15 @@
-//! The admin listener: health, readiness and Prometheus metrics (later: the API and the
-//! dashboard).
+//! The admin listener: health, readiness, Prometheus metrics, and the API that the binary
+//! installs (experiments), each on its own path.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use arc_swap::ArcSwapOption;
 use bytes::Bytes;
-use http::{Request, Response, StatusCode};
+use http::{HeaderMap, Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -16,6 +20,37 @@ use tokio::sync::watch;
 use abgate_telemetry::Telemetry;
 
 use crate::body::ProxyBody;
+use crate::error::error_response;
+
+/// Largest request body the admin API accepts.
+const MAX_API_BODY: usize = 1 << 20;
+
+/// A request to the admin API, read whole (API bodies are small JSON documents).
+#[derive(Debug)]
+pub struct ApiRequest {
+    /// Method.
+    pub method: Method,
+    /// Path, starting with `/api/`.
+    pub path: String,
+    /// Query string, if any.
+    pub query: Option<String>,
+    /// Headers (the bearer token is in `authorization`).
+    pub headers: HeaderMap,
+    /// Body.
+    pub body: Bytes,
+}
+
+/// The response future of an [`AdminApi`].
+pub type ApiFuture = Pin<Box<dyn Future<Output = Response<ProxyBody>> + Send>>;
+
+/// What serves `/api/...` on the admin listener (the binary installs the experiments API).
+pub trait AdminApi: Send + Sync + 'static {
+    /// Answers one API request.
+    fn call(&self, request: ApiRequest) -> ApiFuture;
+}
+
+/// The installed API, swapped in after the gateway starts.
+pub type ApiSlot = Arc<ArcSwapOption<Box<dyn AdminApi>>>;
 
 fn respond(status: StatusCode, text: &'static str) -> Response<ProxyBody> {
     let mut r = Response::new(ProxyBody::full(Bytes::from_static(text.as_bytes())));
@@ -27,10 +62,11 @@ fn respond(status: StatusCode, text: &'static str) -> Response<ProxyBody> {
     r
 }
 
-fn route(
-    req: &Request<Incoming>,
-    ready: &AtomicBool,
-    telemetry: &Telemetry,
+async fn route(
+    req: Request<Incoming>,
+    ready: Arc<AtomicBool>,
+    telemetry: Arc<Telemetry>,
+    api: ApiSlot,
 ) -> Response<ProxyBody> {
     match req.uri().path() {
         "/metrics" => {
@@ -44,6 +80,40 @@ fn route(
         "/healthz" => respond(StatusCode::OK, "ok\n"),
         "/readyz" if ready.load(Ordering::SeqCst) => respond(StatusCode::OK, "ready\n"),
         "/readyz" => respond(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
+        path if path.starts_with("/api/") => {
+            let Some(handler) = api.load_full() else {
+                return error_response(
+                    StatusCode::NOT_FOUND,
+                    "NR",
+                    "the admin API is not enabled",
+                    "not_found",
+                );
+            };
+            let (parts, body) = req.into_parts();
+            let body = match http_body_util::Limited::new(body, MAX_API_BODY)
+                .collect()
+                .await
+            {
+                Ok(b) => b.to_bytes(),
+                Err(_) => {
+                    return error_response(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "DPE",
+                        "API request bodies are limited to 1 MiB",
+                        "request_too_large",
+                    )
+                }
+            };
+            handler
+                .call(ApiRequest {
+                    method: parts.method,
+                    path: parts.uri.path().to_owned(),
+                    query: parts.uri.query().map(str::to_owned),
+                    headers: parts.headers,
+                    body,
+                })
+                .await
+        }
         _ => respond(StatusCode::NOT_FOUND, "not found\n"),
     }
 }
@@ -53,6 +123,7 @@ pub async fn serve(
     socket: TcpListener,
     ready: Arc<AtomicBool>,
     telemetry: Arc<Telemetry>,
+    api: ApiSlot,
     mut stopped: watch::Receiver<bool>,
 ) {
     let builder = auto::Builder::new(TokioExecutor::new());
@@ -66,12 +137,18 @@ pub async fn serve(
         };
         let ready = Arc::clone(&ready);
         let telemetry = Arc::clone(&telemetry);
+        let api = Arc::clone(&api);
         let connection = builder
             .serve_connection(
                 TokioIo::new(stream),
                 service_fn(move |req| {
-                    let response = route(&req, &ready, &telemetry);
-                    async move { Ok::<_, std::convert::Infallible>(response) }
+                    let response = route(
+                        req,
+                        Arc::clone(&ready),
+                        Arc::clone(&telemetry),
+                        Arc::clone(&api),
+                    );
+                    async move { Ok::<_, std::convert::Infallible>(response.await) }
                 }),
             )
             .into_owned();

@@ -19,6 +19,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use abgate_config::model::Experiment;
 use abgate_config::Config;
 use abgate_router::{BuildOptions, RouteTable};
 use abgate_telemetry::Telemetry;
@@ -30,8 +31,9 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+pub use admin::{AdminApi, ApiFuture, ApiRequest};
 pub use body::ProxyBody;
-pub use error::{ProxyError, FLAGS_HEADER};
+pub use error::{error_response, ProxyError, FLAGS_HEADER};
 pub use observe::AccessLogTarget;
 use observe::Observers;
 pub use service::{ConnInfo, Shared};
@@ -55,7 +57,9 @@ pub struct ServeOptions {
 
 /// A running gateway: its bound addresses and the handles to reload or stop it.
 pub struct Running {
+    api: admin::ApiSlot,
     shared: Arc<Shared>,
+    live: std::sync::Mutex<Live>,
     build_options: BuildOptions,
     ready: Arc<AtomicBool>,
     /// Bound proxy listeners: route-table port, actual address, TLS.
@@ -83,16 +87,102 @@ impl Running {
             .map(|(_, a, _)| *a)
     }
 
+    /// Serves `/api/...` on the admin listener with `api` from now on.
+    pub fn install_api(&self, api: Box<dyn AdminApi>) {
+        self.api.store(Some(Arc::new(api)));
+    }
+
     /// The gateway's metrics and per-variant store.
     pub fn telemetry(&self) -> &Arc<Telemetry> {
         &self.shared.telemetry
     }
 
-    /// Swaps in a new configuration: the table is built aside, then replaces the old one
-    /// in one atomic store; requests in flight finish on the table they started with.
+    /// Swaps in a new configuration from files: the table is built aside, then replaces the
+    /// old one in one atomic store; requests in flight finish on the table they started
+    /// with. Runtime changes (API experiments, controller splits) stay layered on top.
     pub fn reload(&self, config: &Config) {
+        let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
+        live.files = config.clone();
+        self.rebuild(&live);
+    }
+
+    /// The experiments in force: from files and the API, with the splits set at runtime.
+    pub fn experiments(&self) -> Vec<Experiment> {
+        let live = self.live.lock().unwrap_or_else(|e| e.into_inner());
+        live.effective().experiments
+    }
+
+    /// Sets an experiment's split; the next request already takes it. Refused when a
+    /// variant given traffic has no endpoint to send it to.
+    pub fn set_weights(&self, id: &str, weights: &[u32]) -> Result<(), LiveError> {
+        let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
+        let effective = live.effective();
+        let experiment = effective
+            .experiments
+            .iter()
+            .find(|e| e.id == id)
+            .ok_or_else(|| LiveError::NoSuchExperiment(id.to_owned()))?;
+        if weights.len() != experiment.variants.len() {
+            return Err(LiveError::Invalid(format!(
+                "{} weights given for {} variants",
+                weights.len(),
+                experiment.variants.len()
+            )));
+        }
+        if weights.iter().all(|w| *w == 0) {
+            return Err(LiveError::Invalid("the weights sum to 0".into()));
+        }
+        for (variant, weight) in experiment.variants.iter().zip(weights) {
+            let endpoints = effective.subset_endpoints(&experiment.host, Some(&variant.subset));
+            if *weight > 0 && endpoints.is_none_or(|e| e.is_empty()) {
+                return Err(LiveError::NoEndpoints {
+                    host: experiment.host.clone(),
+                    subset: variant.subset.clone(),
+                });
+            }
+        }
+        live.weights.insert(id.to_owned(), weights.to_vec());
+        self.rebuild(&live);
+        Ok(())
+    }
+
+    /// Adds (or replaces) an experiment created at runtime; its rule goes ahead of its
+    /// host's rules at once.
+    pub fn upsert_experiment(&self, experiment: Experiment) -> Result<(), LiveError> {
+        let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
+        let effective = live.effective();
+        for variant in experiment.variants.iter().filter(|v| v.weight > 0) {
+            let endpoints = effective.subset_endpoints(&experiment.host, Some(&variant.subset));
+            if endpoints.is_none_or(|e| e.is_empty()) {
+                return Err(LiveError::NoEndpoints {
+                    host: experiment.host.clone(),
+                    subset: variant.subset.clone(),
+                });
+            }
+        }
+        live.removed.remove(&experiment.id);
+        live.weights.remove(&experiment.id);
+        live.added.retain(|e| e.id != experiment.id);
+        live.added.push(experiment);
+        self.rebuild(&live);
+        Ok(())
+    }
+
+    /// Removes an experiment's rule, leaving its host as it was.
+    pub fn remove_experiment(&self, id: &str) -> bool {
+        let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
+        let known = live.effective().experiments.iter().any(|e| e.id == id);
+        live.added.retain(|e| e.id != id);
+        live.weights.remove(id);
+        live.removed.insert(id.to_owned());
+        self.rebuild(&live);
+        known
+    }
+
+    fn rebuild(&self, live: &Live) {
+        let config = live.effective();
         let previous = self.shared.table.load();
-        let table = RouteTable::build(config, &self.build_options, Some(&previous));
+        let table = RouteTable::build(&config, &self.build_options, Some(&previous));
         for listener in &table.listeners {
             if !self
                 .listeners
@@ -129,6 +219,56 @@ impl Running {
             self.tasks.abort_all();
             while self.tasks.join_next().await.is_some() {}
         }
+    }
+}
+
+/// Why a runtime change was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum LiveError {
+    /// No experiment has that id.
+    #[error("no experiment {0}")]
+    NoSuchExperiment(String),
+    /// The change would send traffic where nothing can answer.
+    #[error("subset {subset} of {host} has no endpoint; refusing to route traffic to it")]
+    NoEndpoints {
+        /// Host.
+        host: String,
+        /// Subset.
+        subset: String,
+    },
+    /// The change is malformed.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// The configuration from files with the runtime changes layered on it.
+#[derive(Default)]
+struct Live {
+    files: Config,
+    /// Experiments created through the API.
+    added: Vec<Experiment>,
+    /// Splits set at runtime, by experiment id.
+    weights: std::collections::HashMap<String, Vec<u32>>,
+    /// Experiments deleted at runtime (file-defined ones stay deleted for this process).
+    removed: std::collections::HashSet<String>,
+}
+
+impl Live {
+    fn effective(&self) -> Config {
+        let mut config = self.files.clone();
+        config
+            .experiments
+            .retain(|e| !self.added.iter().any(|a| a.id == e.id));
+        config.experiments.extend(self.added.iter().cloned());
+        config.experiments.retain(|e| !self.removed.contains(&e.id));
+        for experiment in &mut config.experiments {
+            if let Some(weights) = self.weights.get(&experiment.id) {
+                for (variant, weight) in experiment.variants.iter_mut().zip(weights) {
+                    variant.weight = *weight;
+                }
+            }
+        }
+        config
     }
 }
 
@@ -224,16 +364,23 @@ pub async fn start(config: &Config, options: &ServeOptions) -> std::io::Result<R
     }
     let admin_socket = TcpListener::bind(options.admin).await?;
     let admin_addr = admin_socket.local_addr()?;
+    let api: admin::ApiSlot = Arc::default();
     tasks.spawn(admin::serve(
         admin_socket,
         Arc::clone(&ready),
         Arc::clone(&telemetry),
+        Arc::clone(&api),
         stopped.clone(),
     ));
     tasks.spawn(housekeep(Arc::clone(&telemetry), stopped.clone()));
     ready.store(true, Ordering::SeqCst);
     Ok(Running {
+        api,
         shared,
+        live: std::sync::Mutex::new(Live {
+            files: config.clone(),
+            ..Live::default()
+        }),
         build_options,
         ready,
         listeners: bound,

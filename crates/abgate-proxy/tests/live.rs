@@ -1,0 +1,81 @@
+//! Runtime changes to experiments: a new split (a rollback above all) takes effect on the
+//! very next request, a split to a subset with no endpoint is refused, and deleting an
+//! experiment leaves its host as it was.
+
+mod support;
+
+use abgate_proxy::LiveError;
+use support::{Gateway, Mesh, Sim};
+
+const EXPERIMENT: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: models, namespace: default}
+spec:
+  hosts: [models.local]
+  http:
+  - route: [{destination: {host: models.backend, subset: v1}}]
+---
+apiVersion: abgate.dev/v1alpha1
+kind: Experiment
+metadata: {name: exp1, namespace: default}
+spec:
+  host: models.backend
+  baseline: base
+  variants:
+  - {name: cand, subset: v2, weight: 100}
+  - {name: base, subset: v1, weight: 0}
+  - {name: empty, subset: v3, weight: 0}
+"#;
+
+async fn variant(gw: &Gateway) -> String {
+    let reply = gw.http.chat(&[]).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    reply.header("x-variant").unwrap_or("none").to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollback_takes_effect_on_the_very_next_request() {
+    let v1 = Sim::model("v1").await;
+    let v2 = Sim::model("v2").await;
+    let yaml = Mesh::new()
+        .service("models.backend", &[(v1.port(), "v1"), (v2.port(), "v2")])
+        .subsets("models.backend", &["v1", "v2", "v3"])
+        .doc(EXPERIMENT)
+        .yaml();
+    let gw = Gateway::start(&yaml).await;
+    let running = gw.running();
+    assert_eq!(variant(&gw).await, "cand");
+
+    // Roll back: everything to the declared baseline, whatever the variants are called.
+    running.set_weights("exp1", &[0, 100, 0]).expect("rollback");
+    for _ in 0..20 {
+        assert_eq!(variant(&gw).await, "base");
+    }
+
+    // A split that would send traffic to a subset with no endpoint is refused, and the
+    // split in force stays.
+    let refused = running.set_weights("exp1", &[0, 50, 50]);
+    assert!(
+        matches!(refused, Err(LiveError::NoEndpoints { ref subset, .. }) if subset == "v3"),
+        "{refused:?}"
+    );
+    assert!(matches!(
+        running.set_weights("nope", &[1]),
+        Err(LiveError::NoSuchExperiment(_))
+    ));
+    assert!(matches!(
+        running.set_weights("exp1", &[1, 1]),
+        Err(LiveError::Invalid(_))
+    ));
+    assert_eq!(variant(&gw).await, "base");
+    assert_eq!(running.experiments()[0].variants[1].weight, 100);
+
+    // Deleting the experiment leaves the host's own rule.
+    assert!(running.remove_experiment("exp1"));
+    let reply = gw.http.chat(&[]).await;
+    assert_eq!(reply.header("x-variant"), None);
+    assert_eq!(reply.json()["model"], "v1");
+    assert!(running.experiments().is_empty());
+    gw.stop().await;
+}
