@@ -53,6 +53,8 @@ pub struct ServeOptions {
     pub access_log: Option<AccessLogTarget>,
     /// OTLP/HTTP collector base URL (`http://host:4318`) for spans (none when `None`).
     pub otlp_endpoint: Option<String>,
+    /// Length of the per-variant store's windows (`None`: the store's default).
+    pub analysis_window: Option<Duration>,
 }
 
 /// A running gateway: its bound addresses and the handles to reload or stop it.
@@ -284,7 +286,10 @@ pub async fn start(config: &Config, options: &ServeOptions) -> std::io::Result<R
         Some(addr) => Some(TcpListener::bind(addr).await?),
         None => None,
     };
-    let telemetry = Telemetry::new();
+    let telemetry = match options.analysis_window {
+        Some(window) => Telemetry::with_window(window),
+        None => Telemetry::new(),
+    };
     let build_options = BuildOptions {
         telemetry: Arc::clone(&telemetry),
         plain_http_port: plain

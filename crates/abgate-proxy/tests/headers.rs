@@ -159,6 +159,7 @@ async fn seed_config_routes_experiment_canary_and_default_and_sets_model_version
             certs: None,
             access_log: None,
             otlp_endpoint: None,
+            analysis_window: None,
         },
     )
     .await

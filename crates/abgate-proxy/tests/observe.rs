@@ -61,6 +61,7 @@ async fn traces_continue_through_the_gateway_and_spans_link_parent_and_child() {
             certs: None,
             access_log: Some(AccessLogTarget::File(log_path.clone())),
             otlp_endpoint: Some(format!("http://{}", collector.addr)),
+            analysis_window: None,
         },
     )
     .await

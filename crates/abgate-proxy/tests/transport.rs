@@ -107,6 +107,7 @@ async fn https_gateway_terminates_tls_by_sni_for_http1_and_h2() {
             certs: Some(certs.path().to_path_buf()),
             access_log: None,
             otlp_endpoint: None,
+            analysis_window: None,
         },
     )
     .await

@@ -42,6 +42,9 @@ pub struct ServeArgs {
     /// Export spans over OTLP/HTTP (JSON) to this collector, e.g. http://127.0.0.1:4318.
     #[arg(long)]
     otlp_endpoint: Option<String>,
+    /// Length of the windows of the per-variant sample store that analysis reads.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    analysis_window: Duration,
     /// Runtime worker threads (default: one per core).
     #[arg(long)]
     workers: Option<usize>,
@@ -110,6 +113,7 @@ async fn serve(args: ServeArgs) -> ExitCode {
             path => Some(AccessLogTarget::File(PathBuf::from(path))),
         },
         otlp_endpoint: args.otlp_endpoint.clone(),
+        analysis_window: Some(args.analysis_window),
     };
     let running = match abgate_proxy::start(&loaded.config, &options).await {
         Ok(r) => r,

@@ -366,6 +366,7 @@ impl Gateway {
                 certs: None,
                 access_log: None,
                 otlp_endpoint: None,
+                analysis_window: None,
             },
         )
         .await
