@@ -59,20 +59,61 @@ pub struct ServeOptions {
 
 /// A running gateway: its bound addresses and the handles to reload or stop it.
 pub struct Running {
-    api: admin::ApiSlot,
-    shared: Arc<Shared>,
-    live: std::sync::Mutex<Live>,
-    build_options: BuildOptions,
+    control: Arc<Control>,
     ready: Arc<AtomicBool>,
-    /// Bound proxy listeners: route-table port, actual address, TLS.
-    pub listeners: Vec<(u16, SocketAddr, bool)>,
-    /// The admin listener's address.
-    pub admin: SocketAddr,
     stop: watch::Sender<bool>,
     tasks: JoinSet<()>,
 }
 
+impl std::ops::Deref for Running {
+    type Target = Control;
+
+    fn deref(&self) -> &Control {
+        &self.control
+    }
+}
+
+/// What can be changed or read while the gateway runs, shareable (`Running::control`)
+/// with an experiment controller or an API.
+pub struct Control {
+    api: admin::ApiSlot,
+    shared: Arc<Shared>,
+    live: std::sync::Mutex<Live>,
+    build_options: BuildOptions,
+    /// Bound proxy listeners: route-table port, actual address, TLS.
+    pub listeners: Vec<(u16, SocketAddr, bool)>,
+    /// The admin listener's address.
+    pub admin: SocketAddr,
+}
+
 impl Running {
+    /// A shareable handle on the running gateway's configuration and telemetry.
+    pub fn control(&self) -> Arc<Control> {
+        Arc::clone(&self.control)
+    }
+
+    /// Stops accepting, lets requests and streams in flight finish for up to `grace`, then
+    /// returns. Readiness fails from the first moment.
+    pub async fn shutdown(mut self, grace: Duration) {
+        self.ready.store(false, Ordering::SeqCst);
+        let _ = self.stop.send(true);
+        let drained = tokio::time::timeout(grace, async {
+            while self.tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                ?grace,
+                "grace period over; closing the connections still open"
+            );
+            // Aborting an accept loop drops its connection tasks, closing them.
+            self.tasks.abort_all();
+            while self.tasks.join_next().await.is_some() {}
+        }
+    }
+}
+
+impl Control {
     /// The address of the first plain-HTTP listener.
     pub fn http_addr(&self) -> Option<SocketAddr> {
         self.listeners
@@ -201,26 +242,6 @@ impl Running {
             tracing::warn!("{note}");
         }
         self.shared.table.store(Arc::new(table));
-    }
-
-    /// Stops accepting, lets requests and streams in flight finish for up to `grace`, then
-    /// returns. Readiness fails from the first moment.
-    pub async fn shutdown(mut self, grace: Duration) {
-        self.ready.store(false, Ordering::SeqCst);
-        let _ = self.stop.send(true);
-        let drained = tokio::time::timeout(grace, async {
-            while self.tasks.join_next().await.is_some() {}
-        })
-        .await;
-        if drained.is_err() {
-            tracing::warn!(
-                ?grace,
-                "grace period over; closing the connections still open"
-            );
-            // Aborting an accept loop drops its connection tasks, closing them.
-            self.tasks.abort_all();
-            while self.tasks.join_next().await.is_some() {}
-        }
     }
 }
 
@@ -379,7 +400,7 @@ pub async fn start(config: &Config, options: &ServeOptions) -> std::io::Result<R
     ));
     tasks.spawn(housekeep(Arc::clone(&telemetry), stopped.clone()));
     ready.store(true, Ordering::SeqCst);
-    Ok(Running {
+    let control = Arc::new(Control {
         api,
         shared,
         live: std::sync::Mutex::new(Live {
@@ -387,9 +408,12 @@ pub async fn start(config: &Config, options: &ServeOptions) -> std::io::Result<R
             ..Live::default()
         }),
         build_options,
-        ready,
         listeners: bound,
         admin: admin_addr,
+    });
+    Ok(Running {
+        control,
+        ready,
         stop,
         tasks,
     })
