@@ -1,0 +1,458 @@
+//! The store: one SQLite connection and the operations the controller needs.
+
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::{schema, StateError};
+
+/// Durable experiment state in one SQLite database.
+///
+/// `Send + Sync`: the connection sits behind a mutex. Every write is one transaction
+/// committed with an fsync before the call returns.
+#[derive(Debug)]
+pub struct Store {
+    conn: Mutex<Connection>,
+}
+
+/// An experiment as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredExperiment {
+    /// The experiment's id (its key).
+    pub id: String,
+    /// The spec document, as last put.
+    pub spec: serde_json::Value,
+    /// The state document, as last put or left by the last decision.
+    pub state: serde_json::Value,
+    /// Bumped by every write; what [`Store::record_decision`] checks.
+    pub revision: u64,
+    /// When the id was first put, in ms since the Unix epoch.
+    pub created_at: u64,
+    /// When the row last changed, in ms since the Unix epoch.
+    pub updated_at: u64,
+    /// Soft-deleted: hidden from [`Store::experiments`], its history kept.
+    pub deleted: bool,
+}
+
+impl StoredExperiment {
+    /// The spec document read as `T`.
+    pub fn spec_as<T: DeserializeOwned>(&self) -> Result<T, StateError> {
+        Ok(T::deserialize(&self.spec)?)
+    }
+
+    /// The state document read as `T`.
+    pub fn state_as<T: DeserializeOwned>(&self) -> Result<T, StateError> {
+        Ok(T::deserialize(&self.state)?)
+    }
+}
+
+/// A controller decision as recorded: what was decided, why, and the split around it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DecisionRow {
+    /// When it was decided, in ms since the Unix epoch.
+    pub at: u64,
+    /// The decision's kind, such as `SetWeights` or `Rollback`.
+    pub kind: String,
+    /// Why, in a sentence.
+    pub reason: String,
+    /// The variants' weights before the decision.
+    pub weights_before: Vec<u32>,
+    /// The variants' weights the decision sets (equal to `weights_before` for a hold).
+    pub weights_after: Vec<u32>,
+    /// The observations it was made from.
+    pub observations: serde_json::Value,
+}
+
+/// One change of an experiment's split.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SplitChange {
+    /// When the decision that made it was taken, in ms since the Unix epoch.
+    pub at: u64,
+    /// The variants' weights from then on.
+    pub weights: Vec<u32>,
+    /// The decision's reason.
+    pub reason: String,
+}
+
+impl Store {
+    /// Opens the database at `path`, creating it if needed, with WAL, `synchronous=FULL`,
+    /// foreign keys and a busy timeout, and brings its schema up to date.
+    pub fn open(path: &Path) -> Result<Store, StateError> {
+        Store::prepare(Connection::open(path)?)
+    }
+
+    /// Opens a fresh private in-memory database (for tests: nothing survives the `Store`).
+    pub fn open_in_memory() -> Result<Store, StateError> {
+        Store::prepare(Connection::open_in_memory()?)
+    }
+
+    fn prepare(mut conn: Connection) -> Result<Store, StateError> {
+        schema::prepare(&mut conn)?;
+        Ok(Store {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn conn(&self) -> MutexGuard<'_, Connection> {
+        // Poisoning carries no information here: a panic while the lock was held dropped
+        // any open `Transaction`, which rolls back, so the connection is as it was.
+        self.conn.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Creates the experiment `id`, or replaces its spec and state documents; returns its
+    /// revision (1 when created). Replacing a deleted experiment brings it back, keeping
+    /// its history, its sequence numbers and its `created_at`.
+    pub fn put_experiment(
+        &self,
+        id: &str,
+        spec: &serde_json::Value,
+        state: &serde_json::Value,
+        now_ms: u64,
+    ) -> Result<u64, StateError> {
+        let spec = serde_json::to_string(spec)?;
+        let state = serde_json::to_string(state)?;
+        let conn = self.conn();
+        let revision = conn.query_row(
+            "INSERT INTO experiments (id, spec, state, revision, created_at, updated_at)
+             VALUES (?1, ?2, ?3, 1, ?4, ?4)
+             ON CONFLICT (id) DO UPDATE SET
+                 spec = excluded.spec,
+                 state = excluded.state,
+                 revision = experiments.revision + 1,
+                 updated_at = excluded.updated_at,
+                 deleted_at = NULL
+             RETURNING revision",
+            params![id, spec, state, now_ms],
+            |row| row.get(0),
+        )?;
+        Ok(revision)
+    }
+
+    /// The experiment `id`, deleted or not; `None` if it was never put.
+    pub fn experiment(&self, id: &str) -> Result<Option<StoredExperiment>, StateError> {
+        let raw = self
+            .conn()
+            .query_row(
+                &format!("{SELECT_EXPERIMENT} WHERE id = ?1"),
+                [id],
+                RawExperiment::from_row,
+            )
+            .optional()?;
+        raw.map(RawExperiment::parse).transpose()
+    }
+
+    /// The experiments not deleted, oldest first.
+    pub fn experiments(&self) -> Result<Vec<StoredExperiment>, StateError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(&format!(
+            "{SELECT_EXPERIMENT} WHERE deleted_at IS NULL ORDER BY created_at, id"
+        ))?;
+        let raws = stmt
+            .query_map([], RawExperiment::from_row)?
+            .collect::<Result<Vec<_>, _>>()?;
+        raws.into_iter().map(RawExperiment::parse).collect()
+    }
+
+    /// Soft-deletes the experiment `id`: hidden from [`experiments`](Store::experiments),
+    /// refused by [`record_decision`](Store::record_decision), its decisions, split
+    /// history and analyses kept for reports. Returns whether it was live.
+    pub fn delete_experiment(&self, id: &str, now_ms: u64) -> Result<bool, StateError> {
+        let changed = self.conn().execute(
+            "UPDATE experiments
+             SET deleted_at = ?2, updated_at = ?2, revision = revision + 1
+             WHERE id = ?1 AND deleted_at IS NULL",
+            params![id, now_ms],
+        )?;
+        Ok(changed > 0)
+    }
+
+    /// Records `decision` and the state it leads to in one transaction: the decision (not
+    /// yet applied), a split-history row if it changes the weights, and `new_state` with
+    /// the experiment's revision bumped. Refused with [`StateError::Conflict`], writing
+    /// nothing, unless the experiment is still at `expected_revision`; with
+    /// [`StateError::NotFound`] if it does not exist or was deleted. Returns the
+    /// decision's sequence number (1, 2, 3... per experiment); the new revision is
+    /// `expected_revision + 1`.
+    pub fn record_decision(
+        &self,
+        id: &str,
+        expected_revision: u64,
+        decision: &DecisionRow,
+        new_state: &serde_json::Value,
+    ) -> Result<u64, StateError> {
+        let weights_before = serde_json::to_string(&decision.weights_before)?;
+        let weights_after = serde_json::to_string(&decision.weights_after)?;
+        let observations = serde_json::to_string(&decision.observations)?;
+        let new_state = serde_json::to_string(new_state)?;
+
+        let mut conn = self.conn();
+        // IMMEDIATE takes the write lock before the revision is read, so no other
+        // connection (another process on the file) can commit between check and write.
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let found: Option<u64> = tx
+            .query_row(
+                "SELECT revision FROM experiments WHERE id = ?1 AND deleted_at IS NULL",
+                [id],
+                |row| row.get(0),
+            )
+            .optional()?;
+        let found = found.ok_or_else(|| experiment_not_found(id))?;
+        if found != expected_revision {
+            return Err(StateError::Conflict {
+                id: id.to_owned(),
+                expected: expected_revision,
+                found,
+            });
+        }
+        let revision = found + 1;
+        let seq: u64 = tx.query_row(
+            "SELECT COALESCE(MAX(seq), 0) + 1 FROM decisions WHERE experiment_id = ?1",
+            [id],
+            |row| row.get(0),
+        )?;
+        tx.execute(
+            "INSERT INTO decisions (experiment_id, seq, revision, at, kind, reason,
+                                    weights_before, weights_after, observations, applied)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 0)",
+            params![
+                id,
+                seq,
+                revision,
+                decision.at,
+                decision.kind,
+                decision.reason,
+                weights_before,
+                weights_after,
+                observations,
+            ],
+        )?;
+        if decision.weights_after != decision.weights_before {
+            tx.execute(
+                "INSERT INTO split_history (experiment_id, seq, at, weights, reason)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![id, seq, decision.at, weights_after, decision.reason],
+            )?;
+        }
+        tx.execute(
+            "UPDATE experiments SET state = ?2, revision = ?3, updated_at = ?4 WHERE id = ?1",
+            params![id, new_state, revision, decision.at],
+        )?;
+        tx.commit()?;
+        Ok(seq)
+    }
+
+    /// Marks decision `seq` of experiment `id` applied, once the route table carrying it
+    /// has been swapped in. Marking it again is harmless.
+    pub fn mark_applied(&self, id: &str, seq: u64) -> Result<(), StateError> {
+        let changed = self.conn().execute(
+            "UPDATE decisions SET applied = 1 WHERE experiment_id = ?1 AND seq = ?2",
+            params![id, seq],
+        )?;
+        if changed == 0 {
+            return Err(StateError::NotFound(format!(
+                "decision {seq} of experiment {id:?}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// The decisions of live experiments recorded but not marked applied, as
+    /// `(experiment id, decision, seq)`, by experiment then seq. After a crash between
+    /// recording and applying, the controller applies them again on startup. A deleted
+    /// experiment's pending decisions are left out: deleting it superseded them.
+    pub fn unapplied(&self) -> Result<Vec<(String, DecisionRow, u64)>, StateError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(&format!(
+            "{SELECT_DECISION}
+             JOIN experiments e ON e.id = d.experiment_id
+             WHERE d.applied = 0 AND e.deleted_at IS NULL
+             ORDER BY d.experiment_id, d.seq"
+        ))?;
+        let raws = stmt
+            .query_map([], RawDecision::from_row)?
+            .collect::<Result<Vec<_>, _>>()?;
+        raws.into_iter()
+            .map(|raw| {
+                let (id, seq) = (raw.experiment_id.clone(), raw.seq);
+                Ok((id, raw.parse()?, seq))
+            })
+            .collect()
+    }
+
+    /// Every decision of experiment `id` (deleted or not) as `(seq, decision, applied)`,
+    /// in order. Empty for an unknown id.
+    pub fn decisions(&self, id: &str) -> Result<Vec<(u64, DecisionRow, bool)>, StateError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(&format!(
+            "{SELECT_DECISION} WHERE d.experiment_id = ?1 ORDER BY d.seq"
+        ))?;
+        let raws = stmt
+            .query_map([id], RawDecision::from_row)?
+            .collect::<Result<Vec<_>, _>>()?;
+        raws.into_iter()
+            .map(|raw| {
+                let (seq, applied) = (raw.seq, raw.applied);
+                Ok((seq, raw.parse()?, applied))
+            })
+            .collect()
+    }
+
+    /// The changes of experiment `id`'s split, in order. Empty for an unknown id.
+    pub fn split_history(&self, id: &str) -> Result<Vec<SplitChange>, StateError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT at, weights, reason FROM split_history
+             WHERE experiment_id = ?1 ORDER BY seq",
+        )?;
+        let raws = stmt
+            .query_map([id], |row| {
+                Ok((
+                    row.get::<_, u64>(0)?,
+                    row.get::<_, String>(1)?,
+                    row.get::<_, String>(2)?,
+                ))
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        raws.into_iter()
+            .map(|(at, weights, reason)| {
+                Ok(SplitChange {
+                    at,
+                    weights: serde_json::from_str(&weights)?,
+                    reason,
+                })
+            })
+            .collect()
+    }
+
+    /// Records a periodic analysis of live experiment `id` (observations and verdict)
+    /// that led to no decision, for reports.
+    pub fn record_analysis(
+        &self,
+        id: &str,
+        at: u64,
+        analysis: &serde_json::Value,
+    ) -> Result<(), StateError> {
+        let analysis = serde_json::to_string(analysis)?;
+        // One statement, so the liveness check and the insert are atomic.
+        let inserted = self.conn().execute(
+            "INSERT INTO analyses (experiment_id, at, analysis)
+             SELECT id, ?2, ?3 FROM experiments WHERE id = ?1 AND deleted_at IS NULL",
+            params![id, at, analysis],
+        )?;
+        if inserted == 0 {
+            return Err(experiment_not_found(id));
+        }
+        Ok(())
+    }
+
+    /// The analyses of experiment `id` (deleted or not) as `(at, analysis)`, by time then
+    /// insertion. Empty for an unknown id.
+    pub fn analyses(&self, id: &str) -> Result<Vec<(u64, serde_json::Value)>, StateError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT at, analysis FROM analyses WHERE experiment_id = ?1 ORDER BY at, id",
+        )?;
+        let raws = stmt
+            .query_map([id], |row| {
+                Ok((row.get::<_, u64>(0)?, row.get::<_, String>(1)?))
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        raws.into_iter()
+            .map(|(at, analysis)| Ok((at, serde_json::from_str(&analysis)?)))
+            .collect()
+    }
+}
+
+fn experiment_not_found(id: &str) -> StateError {
+    StateError::NotFound(format!("experiment {id:?}"))
+}
+
+const SELECT_EXPERIMENT: &str = "SELECT id, spec, state, revision, created_at, updated_at,
+                                        deleted_at IS NOT NULL
+                                 FROM experiments";
+
+/// An experiments row before its JSON is parsed: rusqlite's row closures can only fail
+/// with rusqlite errors, so parsing happens after.
+struct RawExperiment {
+    id: String,
+    spec: String,
+    state: String,
+    revision: u64,
+    created_at: u64,
+    updated_at: u64,
+    deleted: bool,
+}
+
+impl RawExperiment {
+    fn from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawExperiment> {
+        Ok(RawExperiment {
+            id: row.get(0)?,
+            spec: row.get(1)?,
+            state: row.get(2)?,
+            revision: row.get(3)?,
+            created_at: row.get(4)?,
+            updated_at: row.get(5)?,
+            deleted: row.get(6)?,
+        })
+    }
+
+    fn parse(self) -> Result<StoredExperiment, StateError> {
+        Ok(StoredExperiment {
+            id: self.id,
+            spec: serde_json::from_str(&self.spec)?,
+            state: serde_json::from_str(&self.state)?,
+            revision: self.revision,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+            deleted: self.deleted,
+        })
+    }
+}
+
+const SELECT_DECISION: &str = "SELECT d.experiment_id, d.seq, d.at, d.kind, d.reason,
+                                      d.weights_before, d.weights_after, d.observations,
+                                      d.applied
+                               FROM decisions d";
+
+/// A decisions row before its JSON is parsed.
+struct RawDecision {
+    experiment_id: String,
+    seq: u64,
+    at: u64,
+    kind: String,
+    reason: String,
+    weights_before: String,
+    weights_after: String,
+    observations: String,
+    applied: bool,
+}
+
+impl RawDecision {
+    fn from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawDecision> {
+        Ok(RawDecision {
+            experiment_id: row.get(0)?,
+            seq: row.get(1)?,
+            at: row.get(2)?,
+            kind: row.get(3)?,
+            reason: row.get(4)?,
+            weights_before: row.get(5)?,
+            weights_after: row.get(6)?,
+            observations: row.get(7)?,
+            applied: row.get(8)?,
+        })
+    }
+
+    fn parse(self) -> Result<DecisionRow, StateError> {
+        Ok(DecisionRow {
+            at: self.at,
+            kind: self.kind,
+            reason: self.reason,
+            weights_before: serde_json::from_str(&self.weights_before)?,
+            weights_after: serde_json::from_str(&self.weights_after)?,
+            observations: serde_json::from_str(&self.observations)?,
+        })
+    }
+}
