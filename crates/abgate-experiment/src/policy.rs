@@ -1,0 +1,529 @@
+//! Analysis policies: how one period's observations become a verdict.
+
+use abgate_config::model::{Experiment, PolicyKind};
+
+use crate::fmt::{ms, num, pct, rate};
+use crate::observe::{Observations, VariantObservation};
+use crate::state::ExperimentState;
+
+/// What a policy concluded about a candidate (or, folded, about the experiment).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict {
+    /// Not enough evidence either way (too few samples, a missing figure). Never a
+    /// reason to roll back.
+    Inconclusive {
+        /// Why, with the numbers.
+        reason: String,
+    },
+    /// Worse than the rollback criteria allow.
+    Regressed {
+        /// Why, with the numbers.
+        reason: String,
+    },
+    /// Within the rollback criteria; `improved` when also better than the baseline by
+    /// the policy's standard (the classic one: the seed's ramp condition).
+    Healthy {
+        /// Whether the candidate beat the baseline.
+        improved: bool,
+        /// Why, with the numbers.
+        reason: String,
+    },
+}
+
+impl Verdict {
+    /// The reason, whatever the verdict.
+    pub fn reason(&self) -> &str {
+        match self {
+            Verdict::Inconclusive { reason }
+            | Verdict::Regressed { reason }
+            | Verdict::Healthy { reason, .. } => reason,
+        }
+    }
+
+    /// Whether this is [`Verdict::Regressed`].
+    pub fn is_regressed(&self) -> bool {
+        matches!(self, Verdict::Regressed { .. })
+    }
+
+    /// Whether this is [`Verdict::Healthy`], improved or not.
+    pub fn is_healthy(&self) -> bool {
+        matches!(self, Verdict::Healthy { .. })
+    }
+
+    /// Whether this is `Healthy { improved: true }`.
+    pub fn is_improved(&self) -> bool {
+        matches!(self, Verdict::Healthy { improved: true, .. })
+    }
+}
+
+/// Folds per-candidate verdicts into the experiment's: regressed if any candidate
+/// regressed (the seed stopped at the first and rolled back), else inconclusive if any
+/// is, else healthy, improved only when every candidate improved. Reasons are joined
+/// with `; `, the deciding ones only.
+pub fn fold(verdicts: impl IntoIterator<Item = Verdict>) -> Verdict {
+    let verdicts: Vec<Verdict> = verdicts.into_iter().collect();
+    let join = |pick: &dyn Fn(&Verdict) -> bool| {
+        verdicts
+            .iter()
+            .filter(|v| pick(v))
+            .map(Verdict::reason)
+            .collect::<Vec<_>>()
+            .join("; ")
+    };
+    if verdicts.is_empty() {
+        return Verdict::Inconclusive {
+            reason: "no candidate to compare".to_owned(),
+        };
+    }
+    if verdicts.iter().any(Verdict::is_regressed) {
+        return Verdict::Regressed {
+            reason: join(&Verdict::is_regressed),
+        };
+    }
+    if verdicts
+        .iter()
+        .any(|v| matches!(v, Verdict::Inconclusive { .. }))
+    {
+        return Verdict::Inconclusive {
+            reason: join(&|v| matches!(v, Verdict::Inconclusive { .. })),
+        };
+    }
+    Verdict::Healthy {
+        improved: verdicts.iter().all(Verdict::is_improved),
+        reason: join(&|_| true),
+    }
+}
+
+/// An analysis policy: judges candidates against the declared baseline from the
+/// observations of the current period.
+///
+/// Policies are pure and stateless between calls; what they may read:
+/// - `obs.variants`: summaries (counts, p95s, means), from any metric source;
+/// - `obs.stats`: the raw windows (moments n/Σx/Σx² and quantile sketches), when the
+///   source has them: what a sequential policy's confidence sequences are computed from;
+/// - `state`: the split in force (`weights`, for a sample-ratio-mismatch check against
+///   observed counts), `period` and `period_started_at` (per-period comparisons, so
+///   ramps cannot bias results), `step`.
+///
+/// A policy that needs evidence carried across periods would get it from a field added
+/// to [`ExperimentState`]; none does yet.
+pub trait Policy: Send + Sync {
+    /// The policy's name, as reports print it (`classic`).
+    fn name(&self) -> &'static str;
+
+    /// Compares candidate `candidate` (an index of `spec.variants`, not the baseline)
+    /// with the declared baseline `spec.baseline`.
+    fn compare(
+        &self,
+        spec: &Experiment,
+        state: &ExperimentState,
+        obs: &Observations,
+        candidate: usize,
+    ) -> Verdict;
+
+    /// Judges `variant` on its own, for when the baseline serves nothing in this period
+    /// (blue-green after the switch, a canary at 100%): absolute criteria only. Never
+    /// `improved`.
+    fn check_alone(
+        &self,
+        spec: &Experiment,
+        state: &ExperimentState,
+        obs: &Observations,
+        variant: usize,
+    ) -> Verdict;
+
+    /// Judges one candidate: [`Policy::compare`] while the baseline has weight in force,
+    /// [`Policy::check_alone`] once it has none.
+    fn judge(
+        &self,
+        spec: &Experiment,
+        state: &ExperimentState,
+        obs: &Observations,
+        candidate: usize,
+    ) -> Verdict {
+        if state.weights.get(spec.baseline).copied().unwrap_or(0) == 0 {
+            self.check_alone(spec, state, obs, candidate)
+        } else {
+            self.compare(spec, state, obs, candidate)
+        }
+    }
+
+    /// The experiment's verdict: every candidate judged, then [`fold`]ed.
+    fn analyze(&self, spec: &Experiment, state: &ExperimentState, obs: &Observations) -> Verdict {
+        fold(candidates(spec).map(|c| self.judge(spec, state, obs, c)))
+    }
+}
+
+/// The indexes of every variant but the declared baseline, in spec order.
+pub(crate) fn candidates(spec: &Experiment) -> impl Iterator<Item = usize> + '_ {
+    (0..spec.variants.len()).filter(move |&i| i != spec.baseline)
+}
+
+/// The policy `spec` gets. Always [`Classic`] for now: `sequential` (the configured
+/// default) needs always-valid confidence sequences, which arrive with the statistics
+/// issue; until then it runs the classic rules rather than pretend to statistics.
+/// Reports print both the configured and the effective policy.
+pub fn policy_for(spec: &Experiment) -> Box<dyn Policy> {
+    match spec.policy {
+        PolicyKind::Classic | PolicyKind::Sequential => Box::new(Classic),
+    }
+}
+
+/// The seed's `_analyze_performance`, thresholds exactly, defects fixed:
+///
+/// - **rollback** when the candidate's success rate < `rollback_criteria.success_rate_drop`
+///   (default 0.95), or its p95 > the baseline's p95 × (1 + `latency_degradation`
+///   (default 0.2)), checked in that order;
+/// - **improved** (the seed's condition to ramp) when (baseline p95 − candidate p95) /
+///   baseline p95 > 0.05, the candidate's success rate ≥ the baseline's, and > 0.98.
+///
+/// Fixed: a variant with fewer than `min_samples` requests (or none, or no p95) in the
+/// period is inconclusive, never a regression (the seed read missing figures as a 0
+/// success rate and a 999999 ms p95); the baseline is the declared one, not the first
+/// key of the split; the split is read from the state, and only the current period's
+/// observations are passed in. `success_criteria` and `target_metrics` are not read by
+/// the comparison (the seed's were not either); `target_metrics.latency_p95_ms` is the
+/// latency bar of [`Policy::check_alone`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Classic;
+
+impl Classic {
+    /// The seed's default for `rollback_criteria.success_rate_drop`.
+    pub const DEFAULT_SUCCESS_RATE_DROP: f64 = 0.95;
+    /// The seed's default for `rollback_criteria.latency_degradation`.
+    pub const DEFAULT_LATENCY_DEGRADATION: f64 = 0.2;
+    /// p95 improvement over the baseline a ramp needs (more than this).
+    pub const RAMP_LATENCY_IMPROVEMENT: f64 = 0.05;
+    /// Success rate a ramp needs (more than this).
+    pub const RAMP_MIN_SUCCESS_RATE: f64 = 0.98;
+
+    fn success_rate_drop(spec: &Experiment) -> f64 {
+        spec.rollback_criteria
+            .get("success_rate_drop")
+            .copied()
+            .unwrap_or(Self::DEFAULT_SUCCESS_RATE_DROP)
+    }
+
+    fn latency_degradation(spec: &Experiment) -> f64 {
+        spec.rollback_criteria
+            .get("latency_degradation")
+            .copied()
+            .unwrap_or(Self::DEFAULT_LATENCY_DEGRADATION)
+    }
+}
+
+/// A variant's success rate and p95, or why they cannot be judged.
+fn judgeable(spec: &Experiment, role: &str, v: &VariantObservation) -> Result<(f64, f64), String> {
+    let needed = spec.min_samples.max(1);
+    if v.requests < needed {
+        return Err(format!(
+            "{role} {} has {} requests in this period, fewer than minSamples {needed}",
+            v.variant, v.requests
+        ));
+    }
+    let Some(sr) = v.success_rate() else {
+        return Err(format!("{role} {} has no success rate", v.variant));
+    };
+    let Some(p95) = v.latency_p95_ms.filter(|p| p.is_finite() && *p > 0.0) else {
+        return Err(format!(
+            "{role} {} has {} requests but no p95 latency",
+            v.variant, v.requests
+        ));
+    };
+    Ok((sr, p95))
+}
+
+fn rate_with_counts(v: &VariantObservation, sr: f64) -> String {
+    let errors = if v.errors == 1 { "error" } else { "errors" };
+    format!(
+        "{} ({} {errors} in {} requests)",
+        rate(sr),
+        v.errors,
+        v.requests
+    )
+}
+
+impl Policy for Classic {
+    fn name(&self) -> &'static str {
+        "classic"
+    }
+
+    fn compare(
+        &self,
+        spec: &Experiment,
+        _state: &ExperimentState,
+        obs: &Observations,
+        candidate: usize,
+    ) -> Verdict {
+        let (Some(b), Some(c)) = (obs.variants.get(spec.baseline), obs.variants.get(candidate))
+        else {
+            return Verdict::Inconclusive {
+                reason: format!("no observations for variant #{candidate} or the baseline"),
+            };
+        };
+        let bj = judgeable(spec, "baseline", b);
+        let cj = judgeable(spec, "candidate", c);
+        let ((sr_b, p95_b), (sr_c, p95_c)) = match (bj, cj) {
+            (Ok(b), Ok(c)) => (b, c),
+            (b, c) => {
+                let reasons: Vec<String> = [b.err(), c.err()].into_iter().flatten().collect();
+                return Verdict::Inconclusive {
+                    reason: reasons.join("; "),
+                };
+            }
+        };
+        let drop = Self::success_rate_drop(spec);
+        if sr_c < drop {
+            return Verdict::Regressed {
+                reason: format!(
+                    "candidate {} success rate {} < rollback threshold success_rate_drop {}",
+                    c.variant,
+                    rate_with_counts(c, sr_c),
+                    rate(drop)
+                ),
+            };
+        }
+        let degradation = Self::latency_degradation(spec);
+        let limit = p95_b * (1.0 + degradation);
+        if p95_c > limit {
+            return Verdict::Regressed {
+                reason: format!(
+                    "candidate {} p95 {} > baseline {} p95 {} × {} = {} (latency_degradation {})",
+                    c.variant,
+                    ms(p95_c),
+                    b.variant,
+                    ms(p95_b),
+                    num(1.0 + degradation, 3),
+                    ms(limit),
+                    num(degradation, 3)
+                ),
+            };
+        }
+        let improvement = (p95_b - p95_c) / p95_b;
+        let mut missing = Vec::new();
+        if improvement <= Self::RAMP_LATENCY_IMPROVEMENT {
+            missing.push(format!(
+                "p95 improvement {} ≤ {}",
+                pct(improvement),
+                pct(Self::RAMP_LATENCY_IMPROVEMENT)
+            ));
+        }
+        if sr_c < sr_b {
+            missing.push(format!(
+                "success rate {} < baseline's {}",
+                rate(sr_c),
+                rate(sr_b)
+            ));
+        }
+        if sr_c <= Self::RAMP_MIN_SUCCESS_RATE {
+            missing.push(format!(
+                "success rate {} ≤ {}",
+                rate(sr_c),
+                rate(Self::RAMP_MIN_SUCCESS_RATE)
+            ));
+        }
+        let facts = format!(
+            "candidate {} vs baseline {}: p95 {} vs {} ({} better), success rate {} vs {}",
+            c.variant,
+            b.variant,
+            ms(p95_c),
+            ms(p95_b),
+            pct(improvement),
+            rate_with_counts(c, sr_c),
+            rate_with_counts(b, sr_b)
+        );
+        if missing.is_empty() {
+            Verdict::Healthy {
+                improved: true,
+                reason: format!(
+                    "{facts}: improved (p95 better by > {}, success rate ≥ baseline and > {})",
+                    pct(Self::RAMP_LATENCY_IMPROVEMENT),
+                    rate(Self::RAMP_MIN_SUCCESS_RATE)
+                ),
+            }
+        } else {
+            Verdict::Healthy {
+                improved: false,
+                reason: format!("{facts}: healthy, not improved ({})", missing.join(", ")),
+            }
+        }
+    }
+
+    fn check_alone(
+        &self,
+        spec: &Experiment,
+        _state: &ExperimentState,
+        obs: &Observations,
+        variant: usize,
+    ) -> Verdict {
+        let Some(v) = obs.variants.get(variant) else {
+            return Verdict::Inconclusive {
+                reason: format!("no observations for variant #{variant}"),
+            };
+        };
+        let (sr, p95) = match judgeable(spec, "variant", v) {
+            Ok(j) => j,
+            Err(reason) => return Verdict::Inconclusive { reason },
+        };
+        let drop = Self::success_rate_drop(spec);
+        if sr < drop {
+            return Verdict::Regressed {
+                reason: format!(
+                    "{} success rate {} < rollback threshold success_rate_drop {}",
+                    v.variant,
+                    rate_with_counts(v, sr),
+                    rate(drop)
+                ),
+            };
+        }
+        let degradation = Self::latency_degradation(spec);
+        let target = spec.target_metrics.get("latency_p95_ms").copied();
+        if let Some(target) = target {
+            let limit = target * (1.0 + degradation);
+            if p95 > limit {
+                return Verdict::Regressed {
+                    reason: format!(
+                        "{} p95 {} > target latency_p95_ms {} × {} = {} (the baseline serves nothing to compare with)",
+                        v.variant,
+                        ms(p95),
+                        ms(target),
+                        num(1.0 + degradation, 3),
+                        ms(limit)
+                    ),
+                };
+            }
+        }
+        let latency = match target {
+            Some(t) => format!(
+                "p95 {} ≤ target {} × {}",
+                ms(p95),
+                ms(t),
+                num(1.0 + degradation, 3)
+            ),
+            None => format!(
+                "p95 {} (no target_metrics.latency_p95_ms to hold it to)",
+                ms(p95)
+            ),
+        };
+        Verdict::Healthy {
+            improved: false,
+            reason: format!(
+                "{} on its own (the baseline serves nothing this period): success rate {} ≥ {}, {latency}",
+                v.variant,
+                rate_with_counts(v, sr),
+                rate(drop)
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{experiment, observed, seed_experiment, variant};
+
+    fn compare(spec: &Experiment, obs: &Observations) -> Verdict {
+        let state = ExperimentState::new(spec, 0);
+        Classic.compare(spec, &state, obs, 1)
+    }
+
+    #[test]
+    fn classic_regresses_on_success_rate_first() {
+        let spec = seed_experiment();
+        // Both criteria broken: the seed checks success rate first.
+        let obs = observed(
+            &spec,
+            vec![
+                variant("v1-0", 1000, 0, 600.0),
+                variant("v1-1", 1000, 100, 900.0),
+            ],
+        );
+        let v = compare(&spec, &obs);
+        assert!(v.is_regressed(), "{v:?}");
+        assert!(v.reason().contains("success rate 0.9 (100 errors in 1000 requests) < rollback threshold success_rate_drop 0.95"), "{}", v.reason());
+    }
+
+    #[test]
+    fn classic_improved_needs_all_three_conditions() {
+        let spec = seed_experiment();
+        let cases = [
+            // (candidate p95, candidate errors, baseline errors, improved)
+            (560.0, 0, 0, true),
+            (580.0, 0, 0, false),   // 3.3% better: not > 5%
+            (560.0, 5, 0, false),   // success rate below the baseline's
+            (560.0, 25, 30, false), // 0.975 ≥ baseline 0.97 but not > 0.98
+        ];
+        for (p95, errs, base_errs, improved) in cases {
+            let obs = observed(
+                &spec,
+                vec![
+                    variant("v1-0", 1000, base_errs, 600.0),
+                    variant("v1-1", 1000, errs, p95),
+                ],
+            );
+            let v = compare(&spec, &obs);
+            assert!(v.is_healthy(), "{v:?}");
+            assert_eq!(v.is_improved(), improved, "{p95} {errs} {base_errs}: {v:?}");
+        }
+    }
+
+    #[test]
+    fn rollback_criteria_come_from_the_spec() {
+        let spec =
+            experiment("rollback_criteria: {latency_degradation: 0.5, success_rate_drop: 0.8}");
+        let obs = observed(
+            &spec,
+            vec![
+                variant("v1-0", 1000, 0, 600.0),
+                variant("v1-1", 1000, 150, 850.0),
+            ],
+        );
+        // 0.85 ≥ 0.8 and 850 ≤ 600 × 1.5.
+        assert!(compare(&spec, &obs).is_healthy());
+    }
+
+    #[test]
+    fn check_alone_holds_a_variant_to_the_target() {
+        let spec = experiment("target_metrics: {latency_p95_ms: 1000}");
+        let mut state = ExperimentState::new(&spec, 0);
+        state.weights = vec![0, 100];
+        let slow = observed(
+            &spec,
+            vec![variant("v1-0", 0, 0, 0.0), variant("v1-1", 1000, 0, 1300.0)],
+        );
+        let v = Classic.judge(&spec, &state, &slow, 1);
+        assert!(v.is_regressed(), "{v:?}");
+        assert!(
+            v.reason()
+                .contains("1300 ms > target latency_p95_ms 1000 ms × 1.2 = 1200 ms"),
+            "{}",
+            v.reason()
+        );
+        let fine = observed(
+            &spec,
+            vec![variant("v1-0", 0, 0, 0.0), variant("v1-1", 1000, 0, 900.0)],
+        );
+        let v = Classic.judge(&spec, &state, &fine, 1);
+        assert!(v.is_healthy() && !v.is_improved(), "{v:?}");
+    }
+
+    #[test]
+    fn fold_prefers_regression_then_inconclusive() {
+        let r = Verdict::Regressed { reason: "r".into() };
+        let i = Verdict::Inconclusive { reason: "i".into() };
+        let h = Verdict::Healthy {
+            improved: true,
+            reason: "h".into(),
+        };
+        assert!(fold([h.clone(), i.clone(), r]).is_regressed());
+        assert_eq!(fold([h.clone(), i.clone()]), i);
+        assert!(fold([h.clone(), h]).is_improved());
+        assert!(matches!(fold([]), Verdict::Inconclusive { .. }));
+    }
+
+    #[test]
+    fn sequential_runs_classic_until_its_statistics_exist() {
+        let spec = experiment("policy: sequential");
+        assert_eq!(policy_for(&spec).name(), "classic");
+    }
+}

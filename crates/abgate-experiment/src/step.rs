@@ -1,0 +1,538 @@
+//! The controller as a function: [`step`] decides, [`apply`] changes the state.
+
+use abgate_config::model::{Experiment, Strategy};
+use serde::{Deserialize, Serialize};
+
+use crate::fmt;
+use crate::observe::Observations;
+use crate::policy::{candidates, fold, policy_for, Policy, Verdict};
+use crate::score::pick_winner;
+use crate::split::{all_to, next_canary_weight, ramp};
+use crate::state::{ExperimentState, Phase};
+
+/// What the controller does at one interval. Each carries its reason, in words and the
+/// numbers behind it.
+#[must_use = "a decision does nothing until it is recorded and applied"]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Decision {
+    /// Change nothing.
+    Hold {
+        /// Why.
+        reason: String,
+    },
+    /// Put a new split in force (a canary step, a blue-green switch). Percentages,
+    /// indexed like `Experiment::variants`. Starts a new period.
+    SetWeights {
+        /// The new split.
+        weights: Vec<u32>,
+        /// Why.
+        reason: String,
+    },
+    /// Send all traffic to `variant`; the experiment ends promoted.
+    Promote {
+        /// The variant's name.
+        variant: String,
+        /// Why.
+        reason: String,
+    },
+    /// Send all traffic to the declared baseline; the experiment ends rolled back.
+    Rollback {
+        /// Why.
+        reason: String,
+    },
+    /// The planned end: a verdict naming the winner by the seed's score, or none. The
+    /// split is left as it is: ending the experiment's routing (or promoting the winner)
+    /// is the manager's call, never automatic.
+    Finish {
+        /// The variant with the best score, if any had enough data.
+        winner: Option<String>,
+        /// Why.
+        reason: String,
+    },
+}
+
+impl Decision {
+    /// `hold`, `set_weights`, `promote`, `rollback` or `finish` (as serialized).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Decision::Hold { .. } => "hold",
+            Decision::SetWeights { .. } => "set_weights",
+            Decision::Promote { .. } => "promote",
+            Decision::Rollback { .. } => "rollback",
+            Decision::Finish { .. } => "finish",
+        }
+    }
+
+    /// Why this decision was taken.
+    pub fn reason(&self) -> &str {
+        match self {
+            Decision::Hold { reason }
+            | Decision::SetWeights { reason, .. }
+            | Decision::Promote { reason, .. }
+            | Decision::Rollback { reason }
+            | Decision::Finish { reason, .. } => reason,
+        }
+    }
+
+    /// Whether [`apply`] can put this decision in force for `spec`: a split with one
+    /// weight per variant and some weight, a variant that exists. (Decisions from
+    /// [`step`] always can; this is for decisions made by people, through the API.)
+    pub fn validate(&self, spec: &Experiment) -> Result<(), InvalidDecision> {
+        let known = |name: &str| {
+            if spec.variants.iter().any(|v| v.name == name) {
+                Ok(())
+            } else {
+                Err(InvalidDecision::UnknownVariant(name.to_owned()))
+            }
+        };
+        match self {
+            Decision::Hold { .. } | Decision::Rollback { .. } => Ok(()),
+            Decision::SetWeights { weights, .. } => {
+                if weights.len() != spec.variants.len() {
+                    Err(InvalidDecision::WeightCount {
+                        weights: weights.len(),
+                        variants: spec.variants.len(),
+                    })
+                } else if weights.iter().all(|&w| w == 0) {
+                    Err(InvalidDecision::NoWeight)
+                } else {
+                    Ok(())
+                }
+            }
+            Decision::Promote { variant, .. } => known(variant),
+            Decision::Finish { winner, .. } => winner.as_deref().map_or(Ok(()), known),
+        }
+    }
+}
+
+/// A decision that cannot be put in force for an experiment.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidDecision {
+    /// A split with the wrong number of weights.
+    #[error("the split has {weights} weights but the experiment has {variants} variants")]
+    WeightCount {
+        /// Weights given.
+        weights: usize,
+        /// Variants in the experiment.
+        variants: usize,
+    },
+    /// A split with every weight 0.
+    #[error("every weight is 0: no variant would get traffic")]
+    NoWeight,
+    /// A variant the experiment does not have.
+    #[error("`{0}` is not a variant of the experiment")]
+    UnknownVariant(String),
+}
+
+/// The controller's pure step: what to do at `now` (unix ms) given `obs`, the
+/// observations of the **current period** (from `state.period_started_at`; observations
+/// starting earlier make it hold, since they would mix two splits), with the policy
+/// [`policy_for`] gives `spec`.
+///
+/// By strategy:
+/// - `canary`: a regressed candidate rolls back. A candidate that *holds* `maxWeight`
+///   (after the step that reached it) and stays healthy for that whole next period,
+///   with `minSamples`, is promoted. Otherwise an improved candidate takes the next
+///   step (`steps`, else + `stepWeight`, capped at `maxWeight`; the baseline gets what
+///   the candidates leave); a candidate at 0% starts the ramp at its first step;
+///   anything else holds. At the planned end (`started_at + duration`) it finishes
+///   with the score's winner (and does not promote it).
+/// - `abtest`, `featureflag` (the flagged subset sees only header-matched traffic; its
+///   analysis is an A/B test's) and `bandit` (Thompson sampling comes with the
+///   statistics work; until then it is an A/B test): the split is fixed; a regression
+///   rolls back; at the planned end it finishes with the score's winner (a verdict,
+///   not a promotion).
+/// - `bluegreen`: while blue (the baseline) has traffic, the first step checks green
+///   (the first candidate) if it has `minSamples` (analysing mirrored or synthetic
+///   traffic is out of scope: the check is the candidate's health when it has
+///   samples): regressed rolls back (staying blue); otherwise all traffic switches to
+///   green at once. After the switch green is judged on its own
+///   ([`Policy::check_alone`]): regressed switches back instantly (rollback); at the
+///   planned end, healthy promotes green, inconclusive finishes without a winner.
+/// - `mirror`: users see only the baseline (the split is kept all on it; the copy is the
+///   data plane's job). The step compares the shadow's figures, holds (a shadow's
+///   regression hurts no user, so it is reported, not rolled back) and finishes at the
+///   planned end. Never promotes.
+///
+/// A paused or ended experiment holds.
+pub fn step(spec: &Experiment, state: &ExperimentState, obs: &Observations, now: u64) -> Decision {
+    step_with(&*policy_for(spec), spec, state, obs, now)
+}
+
+/// [`step`] with a given policy.
+pub fn step_with(
+    policy: &dyn Policy,
+    spec: &Experiment,
+    state: &ExperimentState,
+    obs: &Observations,
+    now: u64,
+) -> Decision {
+    let hold = |reason: String| Decision::Hold { reason };
+    if state.phase.is_terminal() {
+        return hold(format!(
+            "the experiment has ended ({}); nothing to decide",
+            state.phase
+        ));
+    }
+    if let Err(e) = state.check(spec) {
+        return hold(format!("cannot analyse: {e}"));
+    }
+    let cx = Cx {
+        policy,
+        spec,
+        state,
+        obs,
+        now,
+    };
+    if state.phase == Phase::Paused {
+        return hold(format!(
+            "paused; the split {} stays in force",
+            cx.split(&state.percentages())
+        ));
+    }
+    if let Some(mismatch) = obs.mismatch(spec) {
+        return hold(format!("cannot analyse: {mismatch}"));
+    }
+    if obs.from < state.period_started_at {
+        return hold(format!(
+            "cannot analyse: observations start at {}, before period {} began at {} (they would mix two splits)",
+            fmt::iso(obs.from),
+            state.period,
+            fmt::iso(state.period_started_at)
+        ));
+    }
+    match spec.strategy {
+        Strategy::Canary => cx.canary(),
+        Strategy::AbTest | Strategy::FeatureFlag | Strategy::Bandit => cx.abtest(),
+        Strategy::BlueGreen => cx.bluegreen(),
+        Strategy::Mirror => cx.mirror(),
+    }
+}
+
+/// Applies `decision` to `state` at `now`: the split, the phase, the period (a changed
+/// split starts a new one), the step count (each changed split by
+/// [`Decision::SetWeights`]), the winner, `updated_at`.
+///
+/// An ended experiment ignores every decision. A decision that fails
+/// [`Decision::validate`] is ignored too (check it first when it comes from a person).
+/// Works while paused, so that people can still set a split, promote or roll back.
+pub fn apply(spec: &Experiment, state: &mut ExperimentState, decision: &Decision, now: u64) {
+    if state.phase.is_terminal() || decision.validate(spec).is_err() {
+        return;
+    }
+    state.updated_at = now;
+    match decision {
+        Decision::Hold { .. } => {}
+        Decision::SetWeights { weights, .. } => {
+            if put_in_force(state, weights.clone(), now) {
+                state.step += 1;
+            }
+        }
+        Decision::Promote { variant, .. } => {
+            let index = spec
+                .variants
+                .iter()
+                .position(|v| &v.name == variant)
+                .expect("validated: the variant exists");
+            put_in_force(state, all_to(spec, index), now);
+            state.phase = Phase::Promoted;
+            state.winner = Some(variant.clone());
+        }
+        Decision::Rollback { .. } => {
+            put_in_force(state, all_to(spec, spec.baseline), now);
+            state.phase = Phase::RolledBack;
+            state.winner = None;
+        }
+        Decision::Finish { winner, .. } => {
+            state.phase = Phase::Finished;
+            state.winner = winner.clone();
+        }
+    }
+}
+
+/// Puts `weights` in force; a change starts a new period. Whether they changed.
+fn put_in_force(state: &mut ExperimentState, weights: Vec<u32>, now: u64) -> bool {
+    if state.weights == weights {
+        return false;
+    }
+    state.weights = weights;
+    state.period += 1;
+    state.period_started_at = now;
+    true
+}
+
+/// One step's inputs.
+struct Cx<'a> {
+    policy: &'a dyn Policy,
+    spec: &'a Experiment,
+    state: &'a ExperimentState,
+    obs: &'a Observations,
+    now: u64,
+}
+
+impl Cx<'_> {
+    fn name(&self, i: usize) -> &str {
+        &self.spec.variants[i].name
+    }
+
+    fn split(&self, weights: &[u32]) -> String {
+        let names: Vec<&str> = self.spec.variants.iter().map(|v| v.name.as_str()).collect();
+        fmt::split(&names, weights)
+    }
+
+    fn deadline(&self) -> u64 {
+        let ms = u64::try_from(self.spec.duration.as_millis()).unwrap_or(u64::MAX);
+        self.state.started_at.saturating_add(ms)
+    }
+
+    fn ended(&self) -> bool {
+        self.now >= self.deadline()
+    }
+
+    /// `planned end in 23h50m00s (2026-05-02T12:00:00Z)`.
+    fn time_left(&self) -> String {
+        format!(
+            "planned end in {} ({})",
+            fmt::duration(self.deadline().saturating_sub(self.now)),
+            fmt::iso(self.deadline())
+        )
+    }
+
+    fn end_reached(&self) -> String {
+        format!(
+            "planned duration {} reached",
+            fmt::duration(self.deadline().saturating_sub(self.state.started_at))
+        )
+    }
+
+    fn rollback(&self, why: &str) -> Decision {
+        Decision::Rollback {
+            reason: format!(
+                "{why}; rolling back: all traffic to baseline {}",
+                self.name(self.spec.baseline)
+            ),
+        }
+    }
+
+    fn finish(&self, extra: &str) -> Decision {
+        let pick = pick_winner(self.spec, self.obs);
+        Decision::Finish {
+            winner: pick.winner.map(|i| self.name(i).to_owned()),
+            reason: format!("{}: {}{extra}", self.end_reached(), pick.reason),
+        }
+    }
+
+    fn canary(&self) -> Decision {
+        let plan = &self.spec.canary;
+        let verdicts: Vec<(usize, Verdict)> = candidates(self.spec)
+            .map(|c| (c, self.policy.judge(self.spec, self.state, self.obs, c)))
+            .collect();
+        if let Some((_, v)) = verdicts.iter().find(|(_, v)| v.is_regressed()) {
+            return self.rollback(v.reason());
+        }
+        let in_force = self.state.percentages();
+        if let Some((c, v)) = verdicts
+            .iter()
+            .find(|(c, v)| in_force[*c] >= plan.max_weight && v.is_healthy())
+        {
+            return Decision::Promote {
+                variant: self.name(*c).to_owned(),
+                reason: format!(
+                    "candidate {} held {}% (maxWeight {}) through period {} and stayed healthy: {}",
+                    self.name(*c),
+                    in_force[*c],
+                    plan.max_weight,
+                    self.state.period,
+                    v.reason()
+                ),
+            };
+        }
+        if self.ended() {
+            return self.finish("");
+        }
+        let mut split = in_force.clone();
+        let mut moves = Vec::new();
+        for (c, v) in &verdicts {
+            let current = split[*c];
+            let (target, why) = if current == 0 {
+                (
+                    next_canary_weight(plan, 0),
+                    format!(
+                        "candidate {} has no traffic yet: starting the ramp",
+                        self.name(*c)
+                    ),
+                )
+            } else if v.is_improved() {
+                (next_canary_weight(plan, current), v.reason().to_owned())
+            } else {
+                continue;
+            };
+            let Some(target) = target else { continue };
+            if let Some(next) = ramp(&split, self.spec.baseline, *c, target) {
+                moves.push(format!(
+                    "{why}; {} {current}% → {}% ({})",
+                    self.name(*c),
+                    next[*c],
+                    if plan.steps.is_empty() {
+                        format!(
+                            "stepWeight {}, maxWeight {}",
+                            plan.step_weight, plan.max_weight
+                        )
+                    } else {
+                        format!("steps {:?}, maxWeight {}", plan.steps, plan.max_weight)
+                    }
+                ));
+                split = next;
+            }
+        }
+        if !moves.is_empty() {
+            return Decision::SetWeights {
+                reason: format!("{}; new split {}", moves.join("; "), self.split(&split)),
+                weights: split,
+            };
+        }
+        let verdict = fold(verdicts.into_iter().map(|(_, v)| v));
+        Decision::Hold {
+            reason: format!(
+                "{}; holding {}; {}",
+                verdict.reason(),
+                self.split(&in_force),
+                self.time_left()
+            ),
+        }
+    }
+
+    fn abtest(&self) -> Decision {
+        let verdict = self.policy.analyze(self.spec, self.state, self.obs);
+        if verdict.is_regressed() {
+            return self.rollback(verdict.reason());
+        }
+        if self.ended() {
+            return self.finish("");
+        }
+        Decision::Hold {
+            reason: format!(
+                "{}; fixed split {}; {}",
+                verdict.reason(),
+                self.split(&self.state.percentages()),
+                self.time_left()
+            ),
+        }
+    }
+
+    fn bluegreen(&self) -> Decision {
+        let blue = self.spec.baseline;
+        let Some(green) = candidates(self.spec).next() else {
+            return Decision::Hold {
+                reason: "no green variant to switch to".to_owned(),
+            };
+        };
+        let in_force = self.state.percentages();
+        let verdict = self.policy.judge(self.spec, self.state, self.obs, green);
+        if in_force[green] < 100 {
+            if verdict.is_regressed() {
+                return self.rollback(&format!(
+                    "pre-switch check of green {}: {}",
+                    self.name(green),
+                    verdict.reason()
+                ));
+            }
+            let check = match &verdict {
+                Verdict::Inconclusive { reason } => format!("no pre-switch check ({reason})"),
+                v => format!("pre-switch check passed: {}", v.reason()),
+            };
+            return Decision::SetWeights {
+                weights: all_to(self.spec, green),
+                reason: format!(
+                    "{check}; switching all traffic from blue {} to green {} at once",
+                    self.name(blue),
+                    self.name(green)
+                ),
+            };
+        }
+        if verdict.is_regressed() {
+            return Decision::Rollback {
+                reason: format!(
+                    "{}; switching back: all traffic to blue {}",
+                    verdict.reason(),
+                    self.name(blue)
+                ),
+            };
+        }
+        if self.ended() {
+            return match verdict {
+                Verdict::Healthy { reason, .. } => Decision::Promote {
+                    variant: self.name(green).to_owned(),
+                    reason: format!(
+                        "{}, green {} healthy on all traffic: {reason}",
+                        self.end_reached(),
+                        self.name(green)
+                    ),
+                },
+                v => Decision::Finish {
+                    winner: None,
+                    reason: format!(
+                        "{} without evidence on green {} ({}); green keeps all traffic until someone promotes or rolls back",
+                        self.end_reached(),
+                        self.name(green),
+                        v.reason()
+                    ),
+                },
+            };
+        }
+        Decision::Hold {
+            reason: format!(
+                "green {} has all traffic: {}; {}",
+                self.name(green),
+                verdict.reason(),
+                self.time_left()
+            ),
+        }
+    }
+
+    fn mirror(&self) -> Decision {
+        let baseline = self.spec.baseline;
+        if self.state.percentages()[baseline] != 100 {
+            return Decision::SetWeights {
+                weights: all_to(self.spec, baseline),
+                reason: format!(
+                    "mirror: users see only baseline {}; the candidates get a shadow copy",
+                    self.name(baseline)
+                ),
+            };
+        }
+        let verdict = self.policy.analyze(self.spec, self.state, self.obs);
+        let outputs: Vec<String> = self
+            .obs
+            .variants
+            .iter()
+            .map(|v| match v.completion_tokens_mean {
+                Some(t) => format!("{} {}", v.variant, fmt::num(t, 1)),
+                None => format!("{} —", v.variant),
+            })
+            .collect();
+        let outputs = format!("mean output tokens: {}", outputs.join(", "));
+        if self.ended() {
+            return self.finish(&format!(
+                "; shadow comparison: {}; {outputs}; not promoted automatically (mirror)",
+                verdict.reason()
+            ));
+        }
+        let note = if verdict.is_regressed() {
+            " (shadow traffic only: no user saw it, so no rollback)"
+        } else {
+            ""
+        };
+        Decision::Hold {
+            reason: format!(
+                "shadow comparison: {}{note}; {outputs}; {}",
+                verdict.reason(),
+                self.time_left()
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
