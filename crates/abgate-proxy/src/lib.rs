@@ -149,6 +149,14 @@ impl Control {
         self.rebuild(&live);
     }
 
+    /// The configuration in force: from files, with the runtime changes layered on it.
+    pub fn config(&self) -> Config {
+        self.live
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .effective()
+    }
+
     /// The experiments in force: from files and the API, with the splits set at runtime.
     pub fn experiments(&self) -> Vec<Experiment> {
         let live = self.live.lock().unwrap_or_else(|e| e.into_inner());

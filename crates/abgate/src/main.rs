@@ -2,6 +2,8 @@
 #![forbid(unsafe_code)]
 
 mod analyze;
+mod api;
+mod controller;
 mod serve;
 
 use std::process::ExitCode;

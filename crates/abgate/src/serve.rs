@@ -8,6 +8,12 @@ use std::time::Duration;
 
 use abgate_config::{Diagnostic, Loaded, Severity};
 use abgate_proxy::{AccessLogTarget, Running, ServeOptions};
+use anyhow::Context as _;
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::api::ExperimentsApi;
+use crate::controller::Controller;
 use notify::Watcher;
 use tokio::sync::mpsc;
 
@@ -45,6 +51,13 @@ pub struct ServeArgs {
     /// Length of the windows of the per-variant sample store that analysis reads.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     analysis_window: Duration,
+    /// The experiment state file (SQLite); default $XDG_STATE_HOME/abgate/state.db.
+    #[arg(long)]
+    state: Option<PathBuf>,
+    /// A file holding the admin API's bearer token (else ABGATE_ADMIN_TOKEN, else one is
+    /// generated beside the state file as admin.token).
+    #[arg(long)]
+    admin_token_file: Option<PathBuf>,
     /// Runtime worker threads (default: one per core).
     #[arg(long)]
     workers: Option<usize>,
@@ -122,6 +135,16 @@ async fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let controller = match start_experiments(&running, &args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("abgate serve: {e:#}");
+            running.shutdown(Duration::ZERO).await;
+            return ExitCode::FAILURE;
+        }
+    };
+    tokio::spawn(std::sync::Arc::clone(&controller).run(stop_rx));
     announce(&running);
 
     let (reload_tx, mut reload_rx) = mpsc::channel::<()>(1);
@@ -130,20 +153,101 @@ async fn serve(args: ServeArgs) -> ExitCode {
     let mut terminate = signal(tokio::signal::unix::SignalKind::terminate());
     loop {
         tokio::select! {
-            _ = hangup.recv() => reload(&running, &args),
+            _ = hangup.recv() => reload(&running, &controller, &args),
             Some(()) = reload_rx.recv() => {
                 // Editors write in several steps: let them finish before reading.
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 while reload_rx.try_recv().is_ok() {}
-                reload(&running, &args);
+                reload(&running, &controller, &args);
             }
             _ = terminate.recv() => break,
             _ = tokio::signal::ctrl_c() => break,
         }
     }
+    let _ = stop_tx.send(true);
     tracing::info!(grace = ?args.grace, "draining");
     running.shutdown(args.grace).await;
     ExitCode::SUCCESS
+}
+
+/// Opens the state store, resumes the experiments and installs the admin API.
+fn start_experiments(running: &Running, args: &ServeArgs) -> anyhow::Result<Arc<Controller>> {
+    let state_path = args.state.clone().unwrap_or_else(default_state_path);
+    if let Some(dir) = state_path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let token = admin_token(args, &state_path)?;
+    let store = abgate_state::Store::open(&state_path)
+        .with_context(|| format!("opening the state store {}", state_path.display()))?;
+    let control = running.control();
+    let controller = Controller::start(Arc::clone(&control), store)?;
+    let config = control.config();
+    controller.restore_api_experiments(|doc| crate::api::parse_experiment(doc, &config))?;
+    running.install_api(Box::new(ExperimentsApi::new(
+        Arc::clone(&controller),
+        control,
+        token,
+    )));
+    tracing::info!(state = %state_path.display(), "experiment state");
+    Ok(controller)
+}
+
+/// Where experiment state lives by default: `$XDG_STATE_HOME/abgate/state.db`, else
+/// `~/.local/state/abgate/state.db`, else `./abgate-state.db`.
+pub fn default_state_path() -> PathBuf {
+    std::env::var_os("XDG_STATE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
+        .map_or_else(
+            || PathBuf::from("abgate-state.db"),
+            |d| d.join("abgate/state.db"),
+        )
+}
+
+/// The admin API's bearer token: from `--admin-token-file`, else `ABGATE_ADMIN_TOKEN`,
+/// else one generated and written (mode 0600) beside the state file as `admin.token`.
+/// Without a token given, the admin listener must be on a loopback address.
+fn admin_token(args: &ServeArgs, state_path: &Path) -> anyhow::Result<String> {
+    if let Some(file) = &args.admin_token_file {
+        let token =
+            std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+        return Ok(token.trim().to_owned());
+    }
+    if let Ok(token) = std::env::var("ABGATE_ADMIN_TOKEN") {
+        if !token.trim().is_empty() {
+            return Ok(token.trim().to_owned());
+        }
+    }
+    if !args.admin.ip().is_loopback() {
+        anyhow::bail!(
+            "the admin listener {} is not on a loopback address: give the API a token with --admin-token-file or ABGATE_ADMIN_TOKEN",
+            args.admin
+        );
+    }
+    let path = token_path(state_path);
+    let token = format!("{:032x}", rand::random::<u128>());
+    write_private(&path, &token)?;
+    tracing::info!(path = %path.display(), "admin API token written");
+    Ok(token)
+}
+
+/// Where a generated admin token is written: beside the state file.
+pub fn token_path(state_path: &Path) -> PathBuf {
+    state_path.with_file_name("admin.token")
+}
+
+fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    file.write_all(text.as_bytes())?;
+    Ok(())
 }
 
 fn signal(kind: tokio::signal::unix::SignalKind) -> tokio::signal::unix::Signal {
@@ -160,7 +264,7 @@ fn announce(running: &Running) {
     println!("listening admin {}", running.admin);
 }
 
-fn reload(running: &Running, args: &ServeArgs) {
+fn reload(running: &Running, controller: &Controller, args: &ServeArgs) {
     let loaded = match abgate_config::load(&args.files) {
         Ok(l) => l,
         Err(e) => {
@@ -179,6 +283,9 @@ fn reload(running: &Running, args: &ServeArgs) {
     }
     running.reload(&loaded.config);
     running.telemetry().gateway().record_config_reload(true);
+    if let Err(e) = controller.sync() {
+        tracing::error!("experiments after reload: {e:#}");
+    }
     tracing::info!("configuration reloaded");
 }
 

@@ -1,0 +1,375 @@
+//! The experiments API on the admin listener: JSON, described by the OpenAPI document it
+//! serves at `/api/v1/openapi.json`; every mutation needs the bearer token.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use abgate_config::model::Experiment;
+use abgate_config::{Config, SourceFile};
+use abgate_experiment::Decision;
+use abgate_proxy::{error_response, AdminApi, ApiFuture, ApiRequest, Control, ProxyBody};
+use bytes::Bytes;
+use http::{Method, Response, StatusCode};
+use serde_json::{json, Value};
+
+use crate::controller::Controller;
+
+/// The API handler installed on the admin listener.
+pub struct ExperimentsApi {
+    controller: Arc<Controller>,
+    control: Arc<Control>,
+    token: String,
+}
+
+impl ExperimentsApi {
+    /// An API over `controller`, guarded by `token`.
+    pub fn new(controller: Arc<Controller>, control: Arc<Control>, token: String) -> Self {
+        Self {
+            controller,
+            control,
+            token,
+        }
+    }
+}
+
+fn json_response(status: StatusCode, body: &Value) -> Response<ProxyBody> {
+    let mut r = Response::new(ProxyBody::full(Bytes::from(body.to_string())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+fn fail(status: StatusCode, message: &str) -> Response<ProxyBody> {
+    let code = match status {
+        StatusCode::UNAUTHORIZED => "unauthorized",
+        StatusCode::NOT_FOUND => "not_found",
+        StatusCode::CONFLICT => "conflict",
+        _ => "invalid_request",
+    };
+    error_response(status, "-", message, code)
+}
+
+impl AdminApi for ExperimentsApi {
+    fn call(&self, request: ApiRequest) -> ApiFuture {
+        let response = self.handle(&request);
+        Box::pin(async move { response })
+    }
+}
+
+impl ExperimentsApi {
+    fn authorized(&self, request: &ApiRequest) -> bool {
+        let Some(given) = request
+            .headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+        else {
+            return false;
+        };
+        // Compare every byte so the time taken says nothing about the token.
+        given.len() == self.token.len()
+            && given
+                .bytes()
+                .zip(self.token.bytes())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0
+    }
+
+    fn handle(&self, request: &ApiRequest) -> Response<ProxyBody> {
+        let segments: Vec<&str> = request
+            .path
+            .trim_end_matches('/')
+            .split('/')
+            .skip(3)
+            .collect();
+        if request.method != Method::GET && !self.authorized(request) {
+            return fail(
+                StatusCode::UNAUTHORIZED,
+                "this change needs the admin bearer token (Authorization: Bearer TOKEN)",
+            );
+        }
+        let result = match (&request.method, segments.as_slice()) {
+            (&Method::GET, ["openapi.json"]) => return json_response(StatusCode::OK, &openapi()),
+            (&Method::GET, ["experiments"]) => Ok(json!(self.controller.summaries())),
+            (&Method::POST, ["experiments"]) => self.create(&request.body),
+            (&Method::GET, ["experiments", id]) => self.controller.summary(id).map(|s| json!(s)),
+            (&Method::DELETE, ["experiments", id]) => self
+                .controller
+                .delete(id)
+                .map(|()| json!({ "deleted": id })),
+            (&Method::POST, ["experiments", id, "split"]) => self.set_split(id, &request.body),
+            (&Method::POST, ["experiments", id, "pause"]) => {
+                self.controller.set_paused(id, true).map(|s| json!(s))
+            }
+            (&Method::POST, ["experiments", id, "resume"]) => {
+                self.controller.set_paused(id, false).map(|s| json!(s))
+            }
+            (&Method::POST, ["experiments", id, "promote"]) => self.promote(id, &request.body),
+            (&Method::POST, ["experiments", id, "rollback"]) => self
+                .controller
+                .operate(
+                    id,
+                    Decision::Rollback {
+                        reason: "rolled back by an operator".into(),
+                    },
+                )
+                .map(|s| json!(s)),
+            (&Method::GET, ["experiments", id, "report"]) => match self.controller.report(id) {
+                Ok(report) if request.query.as_deref() == Some("format=markdown") => {
+                    let mut r = Response::new(ProxyBody::full(Bytes::from(report.to_markdown())));
+                    r.headers_mut().insert(
+                        http::header::CONTENT_TYPE,
+                        http::HeaderValue::from_static("text/markdown"),
+                    );
+                    return r;
+                }
+                Ok(report) => Ok(json!(report)),
+                Err(e) => Err(e),
+            },
+            _ => {
+                return fail(
+                    StatusCode::NOT_FOUND,
+                    &format!("no API route {} {}", request.method, request.path),
+                )
+            }
+        };
+        match result {
+            Ok(body) => json_response(StatusCode::OK, &body),
+            Err(e) => {
+                let message = format!("{e:#}");
+                let status = if message.starts_with("no experiment") {
+                    StatusCode::NOT_FOUND
+                } else if message.contains("exists") {
+                    StatusCode::CONFLICT
+                } else {
+                    StatusCode::BAD_REQUEST
+                };
+                fail(status, &message)
+            }
+        }
+    }
+
+    fn create(&self, body: &[u8]) -> anyhow::Result<Value> {
+        let document: Value = serde_json::from_slice(body)
+            .map_err(|e| anyhow::anyhow!("the body is not JSON: {e}"))?;
+        let spec = parse_experiment(&document, &self.control.config())?;
+        Ok(json!(self.controller.create(spec, document)?))
+    }
+
+    fn set_split(&self, id: &str, body: &[u8]) -> anyhow::Result<Value> {
+        let summary = self.controller.summary(id)?;
+        let body: Value = serde_json::from_slice(body)
+            .map_err(|e| anyhow::anyhow!("the body is not JSON: {e}"))?;
+        // `{"weights": {"v1-0": 80, "v1-1": 20}}`, or the seed's bare map.
+        let map = body.get("weights").unwrap_or(&body);
+        let Value::Object(map) = map else {
+            anyhow::bail!("give weights as {{\"variant\": weight, ...}}")
+        };
+        for name in map.keys() {
+            if !summary.split.iter().any(|(v, _)| v == name) {
+                anyhow::bail!(
+                    "experiment {id} has no variant {name}; its variants are {:?}",
+                    summary.split.iter().map(|(v, _)| v).collect::<Vec<_>>()
+                );
+            }
+        }
+        let weights = summary
+            .split
+            .iter()
+            .map(|(name, current)| match map.get(name) {
+                Some(w) => w
+                    .as_u64()
+                    .map(|w| w as u32)
+                    .ok_or_else(|| anyhow::anyhow!("weight of {name} is not a whole number")),
+                None => Ok(*current),
+            })
+            .collect::<anyhow::Result<Vec<u32>>>()?;
+        let summary = self.controller.operate(
+            id,
+            Decision::SetWeights {
+                weights,
+                reason: "split set by an operator".into(),
+            },
+        )?;
+        Ok(json!(summary))
+    }
+
+    fn promote(&self, id: &str, body: &[u8]) -> anyhow::Result<Value> {
+        let summary = self.controller.summary(id)?;
+        let asked: Option<String> = serde_json::from_slice::<Value>(body)
+            .ok()
+            .and_then(|b| b.get("variant").and_then(Value::as_str).map(str::to_owned));
+        // Without a name, the one candidate (a two-variant experiment's non-baseline).
+        let variant = match asked {
+            Some(v) => v,
+            None => {
+                let candidates: Vec<&String> = summary
+                    .split
+                    .iter()
+                    .map(|(v, _)| v)
+                    .filter(|v| **v != summary.baseline)
+                    .collect();
+                match candidates.as_slice() {
+                    [one] => (*one).clone(),
+                    _ => anyhow::bail!("name the variant to promote: {{\"variant\": NAME}}"),
+                }
+            }
+        };
+        Ok(json!(self.controller.operate(
+            id,
+            Decision::Promote {
+                variant,
+                reason: "promoted by an operator".into()
+            }
+        )?))
+    }
+}
+
+/// An Experiment from an API body: a whole `abgate.dev/v1alpha1` resource, or just its
+/// spec, or the seed's `Experiment` dataclass as JSON (`id`, `traffic_split`,
+/// `duration_hours`, `rollback_criteria`, ...). The seed's fields name no host: the host
+/// is the one whose DestinationRule defines every variant as a subset. Without a
+/// `match`, an experiment created this way takes the requests that carry its id in
+/// `x-experiment-id`, as the seed's generated VirtualService did.
+pub fn parse_experiment(document: &Value, config: &Config) -> anyhow::Result<Experiment> {
+    let mut spec = document
+        .get("spec")
+        .cloned()
+        .unwrap_or_else(|| document.clone());
+    let Value::Object(fields) = &mut spec else {
+        anyhow::bail!("an experiment is a JSON object")
+    };
+    let id = fields
+        .get("id")
+        .and_then(Value::as_str)
+        .or_else(|| document.pointer("/metadata/name").and_then(Value::as_str))
+        .ok_or_else(|| anyhow::anyhow!("an experiment needs an id (or metadata.name)"))?
+        .to_owned();
+    let namespace = document
+        .pointer("/metadata/namespace")
+        .and_then(Value::as_str)
+        .unwrap_or("default")
+        .to_owned();
+    if !fields.contains_key("host") {
+        let names: Vec<String> = match (
+            fields.get("traffic_split").or(fields.get("trafficSplit")),
+            fields.get("variants"),
+        ) {
+            (Some(Value::Object(split)), _) => split.keys().cloned().collect(),
+            (_, Some(Value::Array(variants))) => variants
+                .iter()
+                .filter_map(|v| {
+                    v.get("subset")
+                        .or(v.get("name"))
+                        .and_then(Value::as_str)
+                        .map(str::to_owned)
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        let hosts: Vec<&str> = config
+            .destination_rules
+            .iter()
+            .filter(|r| names.iter().all(|n| r.subset(n).is_some()))
+            .map(|r| r.host.as_str())
+            .collect();
+        match hosts.as_slice() {
+            [host] => {
+                fields.insert("host".into(), json!(host));
+            }
+            [] => anyhow::bail!("no DestinationRule defines all of {names:?} as subsets; give the experiment a host"),
+            _ => anyhow::bail!("several hosts define {names:?} as subsets ({hosts:?}); give the experiment a host"),
+        }
+    }
+    if !fields.contains_key("match") {
+        fields.insert(
+            "match".into(),
+            json!([{ "headers": { "x-experiment-id": { "exact": id } } }]),
+        );
+    }
+    // The seed's `name` is a display name, not metadata.
+    let resource = json!({
+        "apiVersion": "abgate.dev/v1alpha1",
+        "kind": "Experiment",
+        "metadata": { "name": sanitize(&id), "namespace": namespace },
+        "spec": spec,
+    });
+    let file = SourceFile {
+        path: Arc::from(Path::new("api")),
+        text: resource.to_string(),
+    };
+    let loaded = abgate_config::load_sources(&[file]);
+    let errors: Vec<String> = loaded
+        .diagnostics
+        .iter()
+        .filter(|d| d.rejects_resource())
+        .map(|d| format!("{} {}: {}", d.code, d.field, d.message))
+        .collect();
+    if !errors.is_empty() {
+        anyhow::bail!("invalid experiment: {}", errors.join("; "));
+    }
+    let experiment = loaded
+        .config
+        .experiments
+        .into_iter()
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("no experiment in the body"))?;
+    let rule = config.destination_rule(&experiment.host);
+    if let Some(missing) = experiment
+        .variants
+        .iter()
+        .find(|v| rule.as_ref().and_then(|r| r.subset(&v.subset)).is_none())
+    {
+        anyhow::bail!(
+            "variant {} is not a subset of {} in any DestinationRule",
+            missing.subset,
+            experiment.host
+        );
+    }
+    Ok(experiment)
+}
+
+/// A Kubernetes-style name from an id.
+fn sanitize(id: &str) -> String {
+    id.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .collect()
+}
+
+/// The OpenAPI document of this API.
+fn openapi() -> Value {
+    let id =
+        json!({ "name": "id", "in": "path", "required": true, "schema": { "type": "string" } });
+    let ok = |description: &str| json!({ "200": { "description": description, "content": { "application/json": {} } } });
+    let secured = json!([{ "bearer": [] }]);
+    json!({
+        "openapi": "3.0.3",
+        "info": { "title": "abgate admin API", "version": env!("CARGO_PKG_VERSION") },
+        "components": { "securitySchemes": { "bearer": { "type": "http", "scheme": "bearer" } } },
+        "paths": {
+            "/api/v1/experiments": {
+                "get": { "summary": "List experiments", "responses": ok("experiment summaries") },
+                "post": { "summary": "Create an experiment (an Experiment resource, its spec, or the seed's Experiment fields)", "security": secured, "responses": ok("the new experiment") },
+            },
+            "/api/v1/experiments/{id}": {
+                "get": { "summary": "One experiment", "parameters": [id], "responses": ok("the experiment") },
+                "delete": { "summary": "Delete an experiment; its host is left as it was", "parameters": [id], "security": secured, "responses": ok("deleted") },
+            },
+            "/api/v1/experiments/{id}/split": { "post": { "summary": "Set the split: {\"weights\": {variant: weight}}", "parameters": [id], "security": secured, "responses": ok("the experiment") } },
+            "/api/v1/experiments/{id}/pause": { "post": { "summary": "Pause the controller's decisions", "parameters": [id], "security": secured, "responses": ok("the experiment") } },
+            "/api/v1/experiments/{id}/resume": { "post": { "summary": "Resume", "parameters": [id], "security": secured, "responses": ok("the experiment") } },
+            "/api/v1/experiments/{id}/promote": { "post": { "summary": "Send all traffic to a variant: {\"variant\": name}", "parameters": [id], "security": secured, "responses": ok("the experiment") } },
+            "/api/v1/experiments/{id}/rollback": { "post": { "summary": "Send all traffic to the declared baseline, from the next request on", "parameters": [id], "security": secured, "responses": ok("the experiment") } },
+            "/api/v1/experiments/{id}/report": { "get": { "summary": "The report (JSON, or Markdown with ?format=markdown)", "parameters": [id], "responses": ok("the report") } },
+        }
+    })
+}

@@ -1,0 +1,434 @@
+//! The experiment controller (the seed's monitor loop): every interval, read each running
+//! experiment's variants from the per-variant store, `step`, record the decision, then
+//! apply it to the gateway. A decision is in the state store before it takes effect, so a
+//! restart resumes every experiment where it was.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use abgate_config::model::Experiment;
+use abgate_experiment::{
+    apply, step, Decision, DecisionRecord, ExperimentState, Observations, Phase, Report,
+};
+use abgate_proxy::Control;
+use abgate_state::{DecisionRow, Store};
+use anyhow::Context as _;
+use serde_json::{json, Value};
+use tokio::sync::watch;
+
+/// Unix milliseconds now.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// One experiment under control.
+struct Tracked {
+    spec: Experiment,
+    state: ExperimentState,
+    revision: u64,
+    last_analysis: u64,
+    /// The latest observations, for progress displays.
+    last_observations: Option<Observations>,
+    last_reason: String,
+}
+
+/// Drives every experiment the gateway runs.
+pub struct Controller {
+    control: Arc<Control>,
+    store: Store,
+    tracked: Mutex<BTreeMap<String, Tracked>>,
+    /// Maps unix ms onto the monotonic clock the sample store uses.
+    anchor: (Instant, u64),
+}
+
+/// A summary of one experiment, as the API and the CLI show it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Summary {
+    /// Id.
+    pub id: String,
+    /// Host.
+    pub host: String,
+    /// Strategy.
+    pub strategy: &'static str,
+    /// Where it stands.
+    pub phase: Phase,
+    /// Variant name and the share it gets, in percent.
+    pub split: Vec<(String, u32)>,
+    /// The declared baseline.
+    pub baseline: String,
+    /// The winner, when there is one.
+    pub winner: Option<String>,
+    /// Weight changes made so far.
+    pub steps: u32,
+    /// The latest reason the controller gave.
+    pub last_reason: String,
+    /// The latest observations.
+    pub observations: Option<Observations>,
+}
+
+impl Controller {
+    /// Takes control of the gateway's experiments: each resumes from the state store, or
+    /// starts now; decisions recorded but not applied before a crash are applied again.
+    pub fn start(control: Arc<Control>, store: Store) -> anyhow::Result<Arc<Self>> {
+        let now = now_ms();
+        let controller = Arc::new(Self {
+            control,
+            store,
+            tracked: Mutex::new(BTreeMap::new()),
+            anchor: (Instant::now(), now),
+        });
+        for spec in controller.control.experiments() {
+            controller.track(spec, None, now)?;
+        }
+        // Weights are re-applied from each state above; what is left is the bookkeeping.
+        for (id, _, seq) in controller.store.unapplied()? {
+            controller.store.mark_applied(&id, seq)?;
+        }
+        Ok(controller)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, BTreeMap<String, Tracked>> {
+        self.tracked.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Starts tracking `spec`: resumes its stored state, or stores a new one. `document`
+    /// is the resource as created through the API (kept so a restart can rebuild it).
+    fn track(&self, spec: Experiment, document: Option<Value>, now: u64) -> anyhow::Result<()> {
+        let stored = self.store.experiment(&spec.id)?.filter(|s| !s.deleted);
+        let (state, revision) = match stored.and_then(|s| {
+            let state: ExperimentState = s.state_as().ok()?;
+            state.check(&spec).ok()?;
+            Some((state, s.revision))
+        }) {
+            Some(resumed) => resumed,
+            None => {
+                let state = ExperimentState::new(&spec, now);
+                let spec_doc = document.unwrap_or_else(
+                    || json!({ "source": "file", "id": spec.id, "host": spec.host }),
+                );
+                let revision = self.store.put_experiment(
+                    &spec.id,
+                    &spec_doc,
+                    &serde_json::to_value(&state)?,
+                    now,
+                )?;
+                (state, revision)
+            }
+        };
+        if let Err(e) = self.control.set_weights(&spec.id, &state.weights) {
+            tracing::warn!(experiment = %spec.id, "cannot apply the stored split: {e}");
+        }
+        self.lock().insert(
+            spec.id.clone(),
+            Tracked {
+                spec,
+                state,
+                revision,
+                last_analysis: now,
+                last_observations: None,
+                last_reason: String::new(),
+            },
+        );
+        Ok(())
+    }
+
+    /// Starts tracking experiments that appeared in the files since (after a reload).
+    pub fn sync(&self) -> anyhow::Result<()> {
+        let now = now_ms();
+        for spec in self.control.experiments() {
+            if !self.lock().contains_key(&spec.id) {
+                self.track(spec, None, now)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Rebuilds the experiments created through the API before a restart.
+    pub fn restore_api_experiments(
+        &self,
+        parse: impl Fn(&Value) -> anyhow::Result<Experiment>,
+    ) -> anyhow::Result<()> {
+        let now = now_ms();
+        for stored in self.store.experiments()? {
+            if self.lock().contains_key(&stored.id) || stored.spec.get("resource").is_none() {
+                continue;
+            }
+            let spec = parse(&stored.spec["resource"])?;
+            self.control.upsert_experiment(spec.clone())?;
+            self.track(spec, Some(stored.spec.clone()), now)?;
+        }
+        Ok(())
+    }
+
+    /// Runs analyses until `stop` changes.
+    pub async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        loop {
+            if let Err(e) = self.tick(now_ms()) {
+                tracing::error!("experiment controller: {e:#}");
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+                _ = stop.changed() => return,
+            }
+        }
+    }
+
+    /// Analyses every running experiment whose interval has passed.
+    pub fn tick(&self, now: u64) -> anyhow::Result<()> {
+        let due: Vec<String> = self
+            .lock()
+            .values()
+            .filter(|t| t.state.phase == Phase::Running)
+            .filter(|t| now.saturating_sub(t.last_analysis) >= t.spec.interval.as_millis() as u64)
+            .map(|t| t.spec.id.clone())
+            .collect();
+        for id in due {
+            self.analyze(&id, now)?;
+        }
+        Ok(())
+    }
+
+    fn instant_of(&self, ms: u64) -> Instant {
+        let (instant, anchor) = self.anchor;
+        if ms >= anchor {
+            instant + Duration::from_millis(ms - anchor)
+        } else {
+            instant
+                .checked_sub(Duration::from_millis(anchor - ms))
+                .unwrap_or(instant)
+        }
+    }
+
+    /// The current period's observations: complete windows after the split took effect.
+    fn observe(&self, spec: &Experiment, state: &ExperimentState, now: u64) -> Observations {
+        let store = self.control.telemetry().store();
+        let from_ms = state.period_started_at.max(self.anchor.1);
+        // The window the split changed in mixes both splits: start after it.
+        let from = store.window_of(self.instant_of(from_ms)) + 1;
+        let to = store.window_of(self.instant_of(now));
+        let stats = spec
+            .variants
+            .iter()
+            .map(|v| match store.get(&spec.id, &v.name) {
+                Some(cell) if to > from => cell.snapshot(from, to),
+                _ => Default::default(),
+            })
+            .collect();
+        Observations::from_stats(spec, stats, from_ms, now)
+    }
+
+    fn analyze(&self, id: &str, now: u64) -> anyhow::Result<()> {
+        let (spec, state, revision) = {
+            let tracked = self.lock();
+            let Some(t) = tracked.get(id) else {
+                return Ok(());
+            };
+            (t.spec.clone(), t.state.clone(), t.revision)
+        };
+        let observations = self.observe(&spec, &state, now);
+        let decision = step(&spec, &state, &observations, now);
+        {
+            let mut tracked = self.lock();
+            if let Some(t) = tracked.get_mut(id) {
+                t.last_analysis = now;
+                t.last_observations = Some(observations.clone());
+                t.last_reason = decision.reason().to_owned();
+            }
+        }
+        if let Decision::Hold { reason } = &decision {
+            self.store.record_analysis(
+                id,
+                now,
+                &json!({ "observations": observations, "reason": reason }),
+            )?;
+            return Ok(());
+        }
+        self.decide(&spec, state, revision, decision, observations, now)
+    }
+
+    /// Records a decision, applies it to the gateway, then marks it applied.
+    fn decide(
+        &self,
+        spec: &Experiment,
+        state: ExperimentState,
+        revision: u64,
+        decision: Decision,
+        observations: Observations,
+        now: u64,
+    ) -> anyhow::Result<()> {
+        let record = DecisionRecord::new(spec, &state, &decision, observations, now);
+        let mut next = state.clone();
+        apply(spec, &mut next, &decision, now);
+        let row = DecisionRow {
+            at: now,
+            kind: record.kind.clone(),
+            reason: record.reason.clone(),
+            weights_before: record.weights_before.clone(),
+            weights_after: record.weights_after.clone(),
+            observations: serde_json::to_value(&record)?,
+        };
+        let seq = self
+            .store
+            .record_decision(&spec.id, revision, &row, &serde_json::to_value(&next)?)
+            .with_context(|| format!("recording a decision for {}", spec.id))?;
+        if next.weights != state.weights {
+            self.control.set_weights(&spec.id, &next.weights)?;
+        }
+        self.store.mark_applied(&spec.id, seq)?;
+        tracing::info!(experiment = %spec.id, decision = record.kind, "{}", record.reason);
+        if let Some(t) = self.lock().get_mut(&spec.id) {
+            t.state = next;
+            t.revision = revision + 1;
+            t.last_reason = record.reason;
+        }
+        Ok(())
+    }
+
+    /// Applies an operator's decision (set split, promote, rollback) at once.
+    pub fn operate(&self, id: &str, decision: Decision) -> anyhow::Result<Summary> {
+        let now = now_ms();
+        let (spec, state, revision) = self.snapshot(id)?;
+        if state.phase.is_terminal() {
+            anyhow::bail!(
+                "experiment {id} has ended ({}); nothing to change",
+                state.phase
+            );
+        }
+        decision
+            .validate(&spec)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let observations = self.observe(&spec, &state, now);
+        self.decide(&spec, state, revision, decision, observations, now)?;
+        self.summary(id)
+    }
+
+    /// Pauses or resumes an experiment.
+    pub fn set_paused(&self, id: &str, paused: bool) -> anyhow::Result<Summary> {
+        let now = now_ms();
+        let (_, mut state, revision) = self.snapshot(id)?;
+        let changed = if paused {
+            state.pause(now)
+        } else {
+            state.resume(now)
+        };
+        if !changed {
+            anyhow::bail!(
+                "experiment {id} is {}; cannot {}",
+                state.phase,
+                if paused { "pause" } else { "resume" }
+            );
+        }
+        let row = DecisionRow {
+            at: now,
+            kind: if paused { "pause" } else { "resume" }.to_owned(),
+            reason: format!(
+                "{} by an operator",
+                if paused { "paused" } else { "resumed" }
+            ),
+            weights_before: state.weights.clone(),
+            weights_after: state.weights.clone(),
+            observations: Value::Null,
+        };
+        let seq = self
+            .store
+            .record_decision(id, revision, &row, &serde_json::to_value(&state)?)?;
+        self.store.mark_applied(id, seq)?;
+        if let Some(t) = self.lock().get_mut(id) {
+            t.state = state;
+            t.revision = revision + 1;
+            t.last_reason = row.reason;
+        }
+        self.summary(id)
+    }
+
+    /// Starts an experiment created through the API.
+    pub fn create(&self, spec: Experiment, document: Value) -> anyhow::Result<Summary> {
+        if self.lock().contains_key(&spec.id) {
+            anyhow::bail!("experiment {} exists", spec.id);
+        }
+        self.control.upsert_experiment(spec.clone())?;
+        let id = spec.id.clone();
+        // A new experiment starts from scratch, even if a deleted one had its id.
+        if self.store.experiment(&id)?.is_some_and(|s| !s.deleted) {
+            self.store.delete_experiment(&id, now_ms())?;
+        }
+        self.track(
+            spec,
+            Some(json!({ "source": "api", "resource": document })),
+            now_ms(),
+        )?;
+        self.summary(&id)
+    }
+
+    /// Removes an experiment: its rule goes, the host is as it was; its history stays.
+    pub fn delete(&self, id: &str) -> anyhow::Result<()> {
+        if self.lock().remove(id).is_none() {
+            anyhow::bail!("no experiment {id}");
+        }
+        self.control.remove_experiment(id);
+        self.store.delete_experiment(id, now_ms())?;
+        Ok(())
+    }
+
+    fn snapshot(&self, id: &str) -> anyhow::Result<(Experiment, ExperimentState, u64)> {
+        let tracked = self.lock();
+        let t = tracked
+            .get(id)
+            .ok_or_else(|| anyhow::anyhow!("no experiment {id}"))?;
+        Ok((t.spec.clone(), t.state.clone(), t.revision))
+    }
+
+    /// One experiment's summary.
+    pub fn summary(&self, id: &str) -> anyhow::Result<Summary> {
+        let tracked = self.lock();
+        let t = tracked
+            .get(id)
+            .ok_or_else(|| anyhow::anyhow!("no experiment {id}"))?;
+        let shares = t.state.percentages();
+        Ok(Summary {
+            id: t.spec.id.clone(),
+            host: t.spec.host.clone(),
+            strategy: abgate_experiment::strategy_name(t.spec.strategy),
+            phase: t.state.phase,
+            split: t
+                .spec
+                .variants
+                .iter()
+                .map(|v| v.name.clone())
+                .zip(shares)
+                .collect(),
+            baseline: t.spec.variants[t.spec.baseline].name.clone(),
+            winner: t.state.winner.clone(),
+            steps: t.state.step,
+            last_reason: t.last_reason.clone(),
+            observations: t.last_observations.clone(),
+        })
+    }
+
+    /// Every experiment's summary.
+    pub fn summaries(&self) -> Vec<Summary> {
+        let ids: Vec<String> = self.lock().keys().cloned().collect();
+        ids.iter().filter_map(|id| self.summary(id).ok()).collect()
+    }
+
+    /// The experiment's report, from its decision log and the current period.
+    pub fn report(&self, id: &str) -> anyhow::Result<Report> {
+        let (spec, state, _) = self.snapshot(id)?;
+        let decisions: Vec<DecisionRecord> = self
+            .store
+            .decisions(id)?
+            .into_iter()
+            .filter_map(|(_, row, _)| serde_json::from_value(row.observations).ok())
+            .collect();
+        let current = self.observe(&spec, &state, now_ms());
+        let mut periods: Vec<Observations> =
+            decisions.iter().map(|d| d.observations.clone()).collect();
+        if !state.phase.is_terminal() {
+            periods.push(current);
+        }
+        Ok(Report::new(&spec, &state, &decisions, &periods))
+    }
+}
