@@ -4,6 +4,7 @@
 mod analyze;
 mod api;
 mod controller;
+mod demo;
 mod serve;
 
 use std::process::ExitCode;
@@ -27,7 +28,7 @@ enum Command {
     /// Run a simulated OpenAI-compatible model server.
     Sim(abgate_sim::SimArgs),
     /// Run the end-to-end demo (simulated models, gateway, load, canary experiment).
-    Demo,
+    Demo(demo::DemoArgs),
 }
 
 fn main() -> ExitCode {
@@ -37,13 +38,7 @@ fn main() -> ExitCode {
         Command::Analyze(args) => analyze::run(&args),
         Command::Serve(args) => serve::run(args),
         Command::Sim(args) => run_async(abgate_sim::run(args)),
-        Command::Demo => {
-            eprintln!(
-                "abgate demo is not built yet: it arrives with the experiments work. \
-                 Meanwhile `abgate analyze -f examples/seed` checks the seed's configuration."
-            );
-            ExitCode::from(2)
-        }
+        Command::Demo(args) => demo::run(args),
     }
 }
 
