@@ -5,6 +5,7 @@ mod analyze;
 mod api;
 mod controller;
 mod demo;
+mod experiment_cli;
 mod serve;
 
 use std::process::ExitCode;
@@ -27,6 +28,8 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Run a simulated OpenAI-compatible model server.
     Sim(abgate_sim::SimArgs),
+    /// Manage experiments through a running gateway's admin API.
+    Experiment(experiment_cli::ExperimentArgs),
     /// Run the end-to-end demo (simulated models, gateway, load, canary experiment).
     Demo(demo::DemoArgs),
 }
@@ -39,6 +42,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve::run(args),
         Command::Sim(args) => run_async(abgate_sim::run(args)),
         Command::Demo(args) => demo::run(args),
+        Command::Experiment(args) => experiment_cli::run(args),
     }
 }
 

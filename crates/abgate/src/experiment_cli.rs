@@ -1,0 +1,287 @@
+//! `abgate experiment ...`: the experiments API from the command line; tables for people,
+//! `--output json` for scripts.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Method, Request};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::{json, Value};
+
+/// Arguments of `abgate experiment`.
+#[derive(clap::Args, Debug)]
+pub struct ExperimentArgs {
+    /// The admin listener of the gateway.
+    #[arg(long, default_value = "http://127.0.0.1:15000", global = true)]
+    admin: String,
+    /// The admin API's bearer token (else --token-file, ABGATE_ADMIN_TOKEN, or the token
+    /// file beside the default state file).
+    #[arg(long, global = true)]
+    token: Option<String>,
+    /// A file holding the token.
+    #[arg(long, global = true)]
+    token_file: Option<PathBuf>,
+    /// `table` for people, `json` for scripts.
+    #[arg(short, long, value_enum, default_value_t = Output::Table, global = true)]
+    output: Output,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Output {
+    Table,
+    Json,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Command {
+    /// Create an experiment from a file: an Experiment resource, its spec, or the seed's
+    /// Experiment fields (YAML or JSON).
+    Create {
+        /// The file.
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+    },
+    /// List experiments.
+    List,
+    /// Show one experiment.
+    Get { id: String },
+    /// Set the split: `NAME=WEIGHT ...`.
+    SetSplit {
+        id: String,
+        #[arg(required = true)]
+        weights: Vec<String>,
+    },
+    /// Pause the controller's decisions.
+    Pause { id: String },
+    /// Let the controller decide again.
+    Resume { id: String },
+    /// Send all traffic to a variant (the candidate when there is one).
+    Promote {
+        id: String,
+        #[arg(long)]
+        variant: Option<String>,
+    },
+    /// Send all traffic to the declared baseline, from the next request on.
+    Rollback { id: String },
+    /// Delete an experiment; its host is left as it was.
+    Delete { id: String },
+    /// The report: Markdown (default with table output) or JSON.
+    Report { id: String },
+}
+
+/// Runs one command; exit 0 on success, 1 when the API refused, 2 when it cannot be reached.
+pub fn run(args: ExperimentArgs) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("abgate experiment: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(execute(args))
+}
+
+fn token(args: &ExperimentArgs) -> Option<String> {
+    let read = |path: &std::path::Path| {
+        std::fs::read_to_string(path)
+            .ok()
+            .map(|t| t.trim().to_owned())
+    };
+    if let Some(token) = &args.token {
+        return Some(token.clone());
+    }
+    if let Some(file) = &args.token_file {
+        return read(file);
+    }
+    if let Some(token) = std::env::var("ABGATE_ADMIN_TOKEN")
+        .ok()
+        .filter(|t| !t.trim().is_empty())
+    {
+        return Some(token.trim().to_owned());
+    }
+    read(&crate::serve::token_path(
+        &crate::serve::default_state_path(),
+    ))
+}
+
+async fn execute(args: ExperimentArgs) -> ExitCode {
+    let base = args.admin.trim_end_matches('/').to_owned();
+    let (method, path, body): (Method, String, Option<Value>) = match &args.command {
+        Command::Create { file } => {
+            let document = match read_document(file) {
+                Ok(d) => d,
+                Err(e) => {
+                    eprintln!("abgate experiment: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            (Method::POST, "/api/v1/experiments".into(), Some(document))
+        }
+        Command::List => (Method::GET, "/api/v1/experiments".into(), None),
+        Command::Get { id } => (Method::GET, format!("/api/v1/experiments/{id}"), None),
+        Command::SetSplit { id, weights } => {
+            let mut map = serde_json::Map::new();
+            for pair in weights {
+                let Some((name, weight)) = pair.split_once('=') else {
+                    eprintln!("abgate experiment: give weights as NAME=WEIGHT, not `{pair}`");
+                    return ExitCode::from(2);
+                };
+                let Ok(weight) = weight.parse::<u32>() else {
+                    eprintln!("abgate experiment: weight `{weight}` is not a whole number");
+                    return ExitCode::from(2);
+                };
+                map.insert(name.to_owned(), json!(weight));
+            }
+            (
+                Method::POST,
+                format!("/api/v1/experiments/{id}/split"),
+                Some(json!({ "weights": map })),
+            )
+        }
+        Command::Pause { id } => (
+            Method::POST,
+            format!("/api/v1/experiments/{id}/pause"),
+            None,
+        ),
+        Command::Resume { id } => (
+            Method::POST,
+            format!("/api/v1/experiments/{id}/resume"),
+            None,
+        ),
+        Command::Promote { id, variant } => (
+            Method::POST,
+            format!("/api/v1/experiments/{id}/promote"),
+            Some(
+                variant
+                    .as_ref()
+                    .map_or(json!({}), |v| json!({ "variant": v })),
+            ),
+        ),
+        Command::Rollback { id } => (
+            Method::POST,
+            format!("/api/v1/experiments/{id}/rollback"),
+            None,
+        ),
+        Command::Delete { id } => (Method::DELETE, format!("/api/v1/experiments/{id}"), None),
+        Command::Report { id } => {
+            let format = if args.output == Output::Json {
+                ""
+            } else {
+                "?format=markdown"
+            };
+            (
+                Method::GET,
+                format!("/api/v1/experiments/{id}/report{format}"),
+                None,
+            )
+        }
+    };
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let mut request = Request::builder()
+        .method(method.clone())
+        .uri(format!("{base}{path}"));
+    if method != Method::GET {
+        if let Some(token) = token(&args) {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+    }
+    let body = body.map_or_else(Bytes::new, |b| Bytes::from(b.to_string()));
+    let request = match request
+        .header("content-type", "application/json")
+        .body(Full::new(body))
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("abgate experiment: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let response = match client.request(request).await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("abgate experiment: cannot reach {base}: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let status = response.status();
+    let bytes = match response.into_body().collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            eprintln!("abgate experiment: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if !status.is_success() {
+        let message = serde_json::from_slice::<Value>(&bytes)
+            .ok()
+            .and_then(|v| {
+                v.pointer("/error/message")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned)
+            })
+            .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned());
+        eprintln!("abgate experiment: {status}: {message}");
+        return ExitCode::from(1);
+    }
+    let text = String::from_utf8_lossy(&bytes);
+    match (args.output, serde_json::from_slice::<Value>(&bytes)) {
+        (Output::Json, _) | (Output::Table, Err(_)) => println!("{}", text.trim_end()),
+        (Output::Table, Ok(Value::Array(items))) => print_table(&items),
+        (Output::Table, Ok(item)) if item.get("split").is_some() => print_table(&[item]),
+        (Output::Table, Ok(other)) => println!("{other}"),
+    }
+    ExitCode::SUCCESS
+}
+
+fn print_table(items: &[Value]) {
+    println!(
+        "{:<32} {:<10} {:<12} {:<28} {}",
+        "ID", "STRATEGY", "PHASE", "SPLIT", "LAST DECISION"
+    );
+    for item in items {
+        let split = item["split"]
+            .as_array()
+            .map(|s| {
+                s.iter()
+                    .map(|p| format!("{} {}%", p[0].as_str().unwrap_or("?"), p[1]))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .unwrap_or_default();
+        println!(
+            "{:<32} {:<10} {:<12} {:<28} {}",
+            item["id"].as_str().unwrap_or("?"),
+            item["strategy"].as_str().unwrap_or("?"),
+            item["phase"].as_str().unwrap_or("?"),
+            split,
+            item["last_reason"].as_str().unwrap_or("")
+        );
+    }
+}
+
+/// A YAML or JSON file as a JSON document (the first document of a YAML stream).
+fn read_document(path: &PathBuf) -> Result<Value, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    if let Ok(v) = serde_json::from_str(&text) {
+        return Ok(v);
+    }
+    let (documents, errors) =
+        abgate_config::source::parse_stream(&Arc::from(path.as_path()), &text);
+    if let Some(e) = errors.first() {
+        return Err(format!("{}:{}: {}", path.display(), e.line, e.message));
+    }
+    documents
+        .first()
+        .map(|d| d.root.to_json())
+        .ok_or_else(|| format!("{} holds no document", path.display()))
+}
