@@ -82,6 +82,11 @@ impl Meter {
         }
     }
 
+    /// Counts the request against `series` (the destination chosen, then the endpoint).
+    pub fn charge(&mut self, series: Arc<DestinationSeries>) {
+        self.series = series;
+    }
+
     /// Hands the request's description to the access log and tracer when it ends.
     pub fn observed(mut self, observers: Arc<Observers>, info: Option<Box<RequestInfo>>) -> Self {
         self.info = info.map(|info| (observers, info));

@@ -121,15 +121,27 @@ pub async fn handle(
             shared.observers.tracing(),
         ))
     });
+    let protocol = if grpc {
+        RequestProtocol::Grpc
+    } else {
+        RequestProtocol::Http
+    };
+    // Measured from the start: a client that leaves before the response is counted (DC).
+    let mut meter = Meter::new(
+        Arc::clone(&shared.telemetry),
+        Arc::clone(&shared.unrouted),
+        started,
+        request_bytes,
+        protocol,
+    );
     let mut flags = ResponseFlags::NONE;
-    let mut charge = None;
     let mut response = match proxy(
         &shared,
         conn,
         req,
         &request_id,
         &mut flags,
-        &mut charge,
+        &mut meter,
         &mut info,
     )
     .await
@@ -150,40 +162,24 @@ pub async fn handle(
     };
     response.headers_mut().insert("x-request-id", request_id);
 
-    let series = charge.unwrap_or_else(|| Arc::clone(&shared.unrouted));
-    let protocol = if grpc {
-        RequestProtocol::Grpc
-    } else {
-        RequestProtocol::Http
-    };
-    let mut meter = Meter::new(
-        Arc::clone(&shared.telemetry),
-        series,
-        started,
-        request_bytes,
-        protocol,
-    )
-    .observed(Arc::clone(&shared.observers), info);
+    let mut meter = meter.observed(Arc::clone(&shared.observers), info);
     let status = response.status();
     meter.respond(
         status.as_u16(),
         flags,
-        llm_kind(response.headers(), status, completion_path),
+        llm_kind(response.headers(), completion_path),
     );
     let (parts, body) = response.into_parts();
     Response::from_parts(parts, body.metered(meter))
 }
 
 /// Whether, and how, a response is read for LLM figures: any event stream, and JSON
-/// answers to completion requests.
-fn llm_kind(headers: &HeaderMap, status: StatusCode, completion_path: bool) -> Option<LlmKind> {
+/// answers to completion requests (an error answer counts as a failed LLM response).
+fn llm_kind(headers: &HeaderMap, completion_path: bool) -> Option<LlmKind> {
     let content_type = headers.get(header::CONTENT_TYPE)?.as_bytes();
     if content_type.starts_with(b"text/event-stream") {
         Some(LlmKind::Stream)
-    } else if completion_path
-        && status.is_success()
-        && content_type.starts_with(b"application/json")
-    {
+    } else if completion_path && content_type.starts_with(b"application/json") {
         Some(LlmKind::Json)
     } else {
         None
@@ -209,7 +205,7 @@ async fn proxy(
     req: Request<Incoming>,
     request_id: &HeaderValue,
     flags: &mut ResponseFlags,
-    charge: &mut Option<Arc<DestinationSeries>>,
+    meter: &mut Meter,
     info: &mut Option<Box<RequestInfo>>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let started = Instant::now();
@@ -298,6 +294,21 @@ async fn proxy(
         }
     }
 
+    // The target is chosen before any fault, so that an injected failure is counted
+    // against the destination it stood in for.
+    let target = match &route.action {
+        Action::Forward(split) => {
+            let key = split
+                .stickiness
+                .as_ref()
+                .and_then(|s| key_value(&s.source, &parts.headers));
+            let target = split.choose(key.as_deref(), &mut draw);
+            meter.charge(Arc::clone(&target.unplaced));
+            Some(target)
+        }
+        _ => None,
+    };
+
     if let Some(fault) = &route.fault {
         if let Some((delay, percent)) = fault.delay {
             if roll(percent) {
@@ -339,14 +350,9 @@ async fn proxy(
             }
             r
         }
-        Action::Forward(split) => {
-            let key = split
-                .stickiness
-                .as_ref()
-                .and_then(|s| key_value(&s.source, &parts.headers));
-            let target = split.choose(key.as_deref(), &mut draw);
+        Action::Forward(_) => {
+            let target = target.expect("a forward rule has a target");
             let cluster = Arc::clone(&target.cluster);
-            *charge = Some(Arc::clone(&target.unplaced));
             if let Some(info) = info.as_mut() {
                 info.upstream_cluster = Some(target.cluster.name());
             }
@@ -438,7 +444,7 @@ async fn proxy(
                 hash,
                 deadline,
                 flags,
-                charge,
+                meter,
                 info,
             )
             .await?;
@@ -687,7 +693,7 @@ async fn forward(
     hash: Option<u64>,
     deadline: Option<Instant>,
     flags: &mut ResponseFlags,
-    charge: &mut Option<Arc<DestinationSeries>>,
+    meter: &mut Meter,
     info: &mut Option<Box<RequestInfo>>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let started = Instant::now();
@@ -712,7 +718,7 @@ async fn forward(
         let endpoint = &endpoints[index];
         // The last endpoint tried answers for the request in the metrics.
         if let Some(series) = target.series.get(index) {
-            *charge = Some(Arc::clone(series));
+            meter.charge(Arc::clone(series));
         }
         let upstream_body = match &mut body {
             Sent::Buffered(bytes) => UpstreamBody::full(bytes.clone()),
