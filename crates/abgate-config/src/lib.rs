@@ -15,7 +15,7 @@ pub mod wire;
 pub use config::{Config, Loaded, ServiceView};
 pub use diag::{Code, Diagnostic, Severity, Summary};
 pub use source::{read_paths, FieldPath, ReadError, SourceFile};
-pub use validate::{resolve_gateway, resolve_host, DEFAULT_NAMESPACE};
+pub use validate::{default_prometheus_queries, resolve_gateway, resolve_host, DEFAULT_NAMESPACE};
 
 use std::path::PathBuf;
 

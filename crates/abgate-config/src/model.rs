@@ -841,6 +841,54 @@ pub struct Experiment {
     pub canary: CanaryPlan,
     /// Requests each variant needs in the period before any verdict.
     pub min_samples: u64,
+    /// Where analysis reads its figures.
+    pub metric_source: MetricSource,
+    /// Rollback when no decision has moved the experiment on for this long.
+    pub progress_deadline: Option<Duration>,
+    /// Rollback after this many consecutive failed analyses.
+    pub failure_limit: u32,
+    /// Webhook gates.
+    pub gates: Vec<Gate>,
+}
+
+/// Where an experiment's analysis reads each variant's figures.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MetricSource {
+    /// The gateway's own per-variant store.
+    Builtin,
+    /// PromQL against a Prometheus server.
+    Prometheus {
+        /// Base URL.
+        address: String,
+        /// Templates by figure, the defaults filled in.
+        queries: BTreeMap<String, String>,
+    },
+}
+
+/// When a gate is consulted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GateKind {
+    /// Before the candidate gets its first traffic; a refusal rolls back.
+    PreRollout,
+    /// Before a promotion; a refusal holds (and the progress deadline then decides).
+    ConfirmPromotion,
+    /// Asked at every analysis; a yes rolls back.
+    Rollback,
+    /// Told of every decision; its answer does not matter.
+    Event,
+}
+
+/// A webhook gate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Gate {
+    /// Name.
+    pub name: String,
+    /// When it is consulted.
+    pub kind: GateKind,
+    /// URL posted to.
+    pub url: String,
+    /// How long to wait.
+    pub timeout: Duration,
 }
 
 /// Which analysis policy an experiment uses.

@@ -1078,6 +1078,37 @@ fn http_rewrite(cx: &mut Cx, field: &FieldPath, r: &wire::HttpRewrite) -> Option
     })
 }
 
+/// The seed's `_collect_experiment_metrics` queries, made to return one number per
+/// variant: the seed filtered on `destination_version="{variant}"` (a subset name where the
+/// label holds the endpoint's version) and read `result[0]` of unaggregated series; these
+/// select by `destination_subset` and aggregate. `{host}`, `{service}`, `{subset}`,
+/// `{variant}`, `{experiment}` and `{window}` are filled in.
+pub fn default_prometheus_queries() -> BTreeMap<String, String> {
+    let selector = r#"destination_service_name="{service}",destination_subset="{subset}""#;
+    [
+        ("requests", format!("sum(increase(istio_requests_total{{{selector}}}[{{window}}]))")),
+        (
+            "errors",
+            format!(r#"sum(increase(istio_requests_total{{{selector},response_code=~"5.*"}}[{{window}}]))"#),
+        ),
+        (
+            "latency_p95_ms",
+            format!("histogram_quantile(0.95, sum by (le) (rate(istio_request_duration_milliseconds_bucket{{{selector}}}[{{window}}])))"),
+        ),
+        (
+            "ttft_p95_ms",
+            format!("1000 * histogram_quantile(0.95, sum by (le) (rate(llm_time_to_first_token_seconds_bucket{{{selector}}}[{{window}}])))"),
+        ),
+        (
+            "tokens_per_second",
+            format!("sum(rate(llm_tokens_generated_total{{{selector}}}[{{window}}]))"),
+        ),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect()
+}
+
 /// Turns Envoy's `\1` group references into the regex crate's `${1}`.
 fn envoy_substitution(rewrite: &str) -> String {
     let mut out = String::with_capacity(rewrite.len());
@@ -1935,6 +1966,90 @@ fn experiment(cx: &mut Cx, meta: Meta, spec: wire::ExperimentSpec) -> Experiment
             }
         }
     }
+    let metric_source = match spec.metrics.as_ref() {
+        None => MetricSource::Builtin,
+        Some(m) => match (m.source.as_deref(), &m.prometheus) {
+            (None | Some("builtin"), _) => MetricSource::Builtin,
+            (Some("prometheus"), Some(p)) if !p.address.is_empty() => {
+                let mut queries = default_prometheus_queries();
+                for (figure, query) in &p.queries {
+                    if !queries.contains_key(figure) {
+                        cx.error(
+                            &spec_path
+                                .key("metrics")
+                                .key("prometheus")
+                                .key("queries")
+                                .key(figure),
+                            format!(
+                                "`{figure}` is not a figure analysis reads; use one of {}",
+                                queries.keys().cloned().collect::<Vec<_>>().join(", ")
+                            ),
+                        );
+                    }
+                    queries.insert(figure.clone(), query.clone());
+                }
+                MetricSource::Prometheus {
+                    address: p.address.trim_end_matches('/').to_owned(),
+                    queries,
+                }
+            }
+            (Some("prometheus"), _) => {
+                cx.error(
+                    &spec_path.key("metrics").key("prometheus").key("address"),
+                    "source prometheus needs prometheus.address",
+                );
+                MetricSource::Builtin
+            }
+            (Some(other), _) => {
+                cx.error(
+                    &spec_path.key("metrics").key("source"),
+                    format!("`{other}` is not builtin or prometheus"),
+                );
+                MetricSource::Builtin
+            }
+        },
+    };
+    let progress_deadline =
+        cx.duration(&spec_path.key("progressDeadline"), &spec.progress_deadline);
+    let failure_limit = cx
+        .nonneg_u32(&spec_path.key("failureLimit"), spec.failure_limit)
+        .unwrap_or(3)
+        .max(1);
+    let gates = spec
+        .gates
+        .iter()
+        .enumerate()
+        .filter_map(|(i, g)| {
+            let f = spec_path.key("gates").index(i);
+            let kind = match g.kind.as_str() {
+                "pre-rollout" => GateKind::PreRollout,
+                "confirm-promotion" => GateKind::ConfirmPromotion,
+                "rollback" => GateKind::Rollback,
+                "event" => GateKind::Event,
+                other => {
+                    cx.error(
+                        &f.key("type"),
+                        format!(
+                            "`{other}` is not pre-rollout, confirm-promotion, rollback or event"
+                        ),
+                    );
+                    return None;
+                }
+            };
+            if !(g.url.starts_with("http://") || g.url.starts_with("https://")) {
+                cx.error(&f.key("url"), format!("`{}` is not an http(s) URL", g.url));
+                return None;
+            }
+            Some(Gate {
+                name: g.name.clone().unwrap_or_else(|| g.kind.clone()),
+                kind,
+                url: g.url.clone(),
+                timeout: cx
+                    .duration(&f.key("timeout"), &g.timeout)
+                    .unwrap_or(Duration::from_secs(10)),
+            })
+        })
+        .collect();
     let min_samples = match spec.analysis.as_ref().and_then(|a| a.min_samples) {
         None => 100,
         Some(n) if n >= 0 => n as u64,
@@ -1981,6 +2096,10 @@ fn experiment(cx: &mut Cx, meta: Meta, spec: wire::ExperimentSpec) -> Experiment
         policy,
         canary,
         min_samples,
+        metric_source,
+        progress_deadline,
+        failure_limit,
+        gates,
         meta,
     }
 }

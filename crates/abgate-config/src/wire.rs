@@ -811,6 +811,15 @@ pub struct ExperimentSpec {
     pub canary: Option<CanarySpec>,
     /// How much evidence analysis needs.
     pub analysis: Option<AnalysisSpec>,
+    /// Where analysis reads each variant's figures.
+    pub metrics: Option<MetricsSpec>,
+    /// The longest the experiment may go without a decision that moves it on.
+    pub progress_deadline: Option<String>,
+    /// Consecutive failed analyses (metric source errors, failed gates) before rollback.
+    pub failure_limit: Option<i64>,
+    /// Webhooks consulted or told along the way.
+    #[serde(default)]
+    pub gates: Vec<GateSpec>,
     /// Time between analyses.
     pub interval: Option<String>,
     /// Planned length.
@@ -840,6 +849,45 @@ pub struct CanarySpec {
     pub steps: Vec<i64>,
     /// The candidate weight at which the canary is promoted.
     pub max_weight: Option<i64>,
+}
+
+/// Where analysis reads its figures.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MetricsSpec {
+    /// `builtin` (the gateway's own per-variant store, the default) or `prometheus`.
+    pub source: Option<String>,
+    /// The Prometheus server, for `source: prometheus`.
+    pub prometheus: Option<PrometheusSpec>,
+}
+
+/// A Prometheus metric source.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PrometheusSpec {
+    /// Base URL, e.g. `http://prometheus.monitoring.svc.cluster.local:9090`.
+    #[serde(default)]
+    pub address: String,
+    /// PromQL templates by figure (`requests`, `errors`, `latency_p95_ms`,
+    /// `ttft_p95_ms`, `tokens_per_second`); the seed's queries are the defaults.
+    #[serde(default)]
+    pub queries: BTreeMap<String, String>,
+}
+
+/// A webhook gate.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GateSpec {
+    /// Name, for the decision log.
+    pub name: Option<String>,
+    /// `pre-rollout`, `confirm-promotion`, `rollback` or `event`.
+    #[serde(rename = "type", default)]
+    pub kind: String,
+    /// The URL posted to.
+    #[serde(default)]
+    pub url: String,
+    /// How long to wait for an answer (default 10s).
+    pub timeout: Option<String>,
 }
 
 /// Analysis settings.
