@@ -7,9 +7,9 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use abgate_config::model::Experiment;
+use abgate_config::model::{Experiment, GateKind, MetricSource};
 use abgate_experiment::{
-    apply, step, Decision, DecisionRecord, ExperimentState, Observations, Phase, Report,
+    all_to, apply, step, Decision, DecisionRecord, ExperimentState, Observations, Phase, Report,
 };
 use abgate_proxy::Control;
 use abgate_state::{DecisionRow, Store};
@@ -29,6 +29,10 @@ struct Tracked {
     spec: Experiment,
     state: ExperimentState,
     revision: u64,
+    /// Consecutive failed analyses (metric source errors, refused pre-rollout gates).
+    failures: u32,
+    /// A pre-rollout gate has yet to pass: the baseline takes everything until it does.
+    pre_rollout_pending: bool,
     last_analysis: u64,
     /// The latest observations, for progress displays.
     last_observations: Option<Observations>,
@@ -105,7 +109,11 @@ impl Controller {
         }) {
             Some(resumed) => resumed,
             None => {
-                let state = ExperimentState::new(&spec, now);
+                let mut state = ExperimentState::new(&spec, now);
+                if has_gate(&spec, GateKind::PreRollout) {
+                    // The candidate gets no traffic before the pre-rollout gate passes.
+                    state.weights = all_to(&spec, spec.baseline);
+                }
                 let spec_doc = document.unwrap_or_else(
                     || json!({ "source": "file", "id": spec.id, "host": spec.host }),
                 );
@@ -121,12 +129,18 @@ impl Controller {
         if let Err(e) = self.control.set_weights(&spec.id, &state.weights) {
             tracing::warn!(experiment = %spec.id, "cannot apply the stored split: {e}");
         }
+        let pre_rollout_pending = has_gate(&spec, GateKind::PreRollout)
+            && state.phase == Phase::Running
+            && state.step == 0
+            && state.weights == all_to(&spec, spec.baseline);
         self.lock().insert(
             spec.id.clone(),
             Tracked {
                 spec,
                 state,
                 revision,
+                failures: 0,
+                pre_rollout_pending,
                 last_analysis: now,
                 last_observations: None,
                 last_reason: String::new(),
@@ -166,7 +180,7 @@ impl Controller {
     /// Runs analyses until `stop` changes.
     pub async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         loop {
-            if let Err(e) = self.tick(now_ms()) {
+            if let Err(e) = self.tick(now_ms()).await {
                 tracing::error!("experiment controller: {e:#}");
             }
             tokio::select! {
@@ -176,8 +190,27 @@ impl Controller {
         }
     }
 
-    /// Analyses every running experiment whose interval has passed.
-    pub fn tick(&self, now: u64) -> anyhow::Result<()> {
+    /// Analyses every running experiment whose interval has passed, and rolls back any
+    /// running or paused one past its progress deadline.
+    pub async fn tick(&self, now: u64) -> anyhow::Result<()> {
+        let overdue: Vec<(String, Duration)> = self
+            .lock()
+            .values()
+            .filter(|t| matches!(t.state.phase, Phase::Running | Phase::Paused))
+            .filter_map(|t| {
+                let deadline = t.spec.progress_deadline?;
+                let since = t.state.updated_at.max(t.state.started_at);
+                (now.saturating_sub(since) > deadline.as_millis() as u64)
+                    .then(|| (t.spec.id.clone(), deadline))
+            })
+            .collect();
+        for (id, deadline) in overdue {
+            let reason = format!(
+                "no decision moved the experiment on within its progress deadline of {}; rolling back",
+                humantime::format_duration(deadline)
+            );
+            self.force_rollback(&id, reason, now)?;
+        }
         let due: Vec<String> = self
             .lock()
             .values()
@@ -186,9 +219,27 @@ impl Controller {
             .map(|t| t.spec.id.clone())
             .collect();
         for id in due {
-            self.analyze(&id, now)?;
+            self.analyze(&id, now).await?;
         }
         Ok(())
+    }
+
+    /// Rolls back whatever the policy would say (a deadline, a gate, a failure limit).
+    fn force_rollback(&self, id: &str, reason: String, now: u64) -> anyhow::Result<()> {
+        let (spec, mut state, revision) = self.snapshot(id)?;
+        if state.phase == Phase::Paused {
+            // Apply ignores nothing in Paused, but say it plainly in the state too.
+            state.resume(now);
+        }
+        let observations = Observations::empty(&spec, state.period_started_at, now);
+        self.decide(
+            &spec,
+            state,
+            revision,
+            Decision::Rollback { reason },
+            observations,
+            now,
+        )
     }
 
     fn instant_of(&self, ms: u64) -> Instant {
@@ -220,24 +271,80 @@ impl Controller {
         Observations::from_stats(spec, stats, from_ms, now)
     }
 
-    fn analyze(&self, id: &str, now: u64) -> anyhow::Result<()> {
-        let (spec, state, revision) = {
+    async fn analyze(&self, id: &str, now: u64) -> anyhow::Result<()> {
+        let (spec, state, revision, pre_rollout_pending) = {
             let tracked = self.lock();
             let Some(t) = tracked.get(id) else {
                 return Ok(());
             };
-            (t.spec.clone(), t.state.clone(), t.revision)
+            (
+                t.spec.clone(),
+                t.state.clone(),
+                t.revision,
+                t.pre_rollout_pending,
+            )
         };
-        let observations = self.observe(&spec, &state, now);
-        let decision = step(&spec, &state, &observations, now);
-        {
-            let mut tracked = self.lock();
-            if let Some(t) = tracked.get_mut(id) {
-                t.last_analysis = now;
-                t.last_observations = Some(observations.clone());
-                t.last_reason = decision.reason().to_owned();
+        self.note_analysis(id, now, None, None);
+
+        if pre_rollout_pending {
+            return match ask_gates(&spec, GateKind::PreRollout, &state, None).await {
+                Ok(()) => {
+                    if let Some(t) = self.lock().get_mut(id) {
+                        t.pre_rollout_pending = false;
+                    }
+                    let weights = spec.variants.iter().map(|v| v.weight).collect();
+                    let reason =
+                        "pre-rollout gates passed; the candidate gets its first traffic".to_owned();
+                    let observations = Observations::empty(&spec, state.period_started_at, now);
+                    self.decide(
+                        &spec,
+                        state,
+                        revision,
+                        Decision::SetWeights { weights, reason },
+                        observations,
+                        now,
+                    )
+                }
+                Err(refusal) => self.fail(&spec, now, format!("pre-rollout {refusal}")),
+            };
+        }
+
+        if let Err(refusal) = ask_gates(&spec, GateKind::Rollback, &state, None).await {
+            // A rollback gate that answers yes (2xx) asks for a rollback.
+            if refusal.asked {
+                return self.force_rollback(id, format!("rollback {refusal}"), now);
             }
         }
+
+        let observations = match &spec.metric_source {
+            MetricSource::Builtin => self.observe(&spec, &state, now),
+            MetricSource::Prometheus { address, queries } => {
+                match crate::prometheus_source::observe(&spec, &state, address, queries, now).await
+                {
+                    Ok(o) => o,
+                    Err(e) => return self.fail(&spec, now, format!("metric source: {e:#}")),
+                }
+            }
+        };
+        if let Some(t) = self.lock().get_mut(id) {
+            t.failures = 0;
+        }
+        let mut decision = step(&spec, &state, &observations, now);
+        if let Decision::Promote { variant, reason } = &decision {
+            if let Err(refusal) =
+                ask_gates(&spec, GateKind::ConfirmPromotion, &state, Some(&decision)).await
+            {
+                decision = Decision::Hold {
+                    reason: format!("{reason}; but confirm-promotion {refusal}, so {variant} is not promoted yet"),
+                };
+            }
+        }
+        self.note_analysis(
+            id,
+            now,
+            Some(observations.clone()),
+            Some(decision.reason().to_owned()),
+        );
         if let Decision::Hold { reason } = &decision {
             self.store.record_analysis(
                 id,
@@ -247,6 +354,54 @@ impl Controller {
             return Ok(());
         }
         self.decide(&spec, state, revision, decision, observations, now)
+    }
+
+    fn note_analysis(
+        &self,
+        id: &str,
+        now: u64,
+        observations: Option<Observations>,
+        reason: Option<String>,
+    ) {
+        if let Some(t) = self.lock().get_mut(id) {
+            t.last_analysis = now;
+            if observations.is_some() {
+                t.last_observations = observations;
+            }
+            if let Some(reason) = reason {
+                t.last_reason = reason;
+            }
+        }
+    }
+
+    /// Counts a failed analysis; at the experiment's failure limit, rolls back.
+    fn fail(&self, spec: &Experiment, now: u64, why: String) -> anyhow::Result<()> {
+        let failures = {
+            let mut tracked = self.lock();
+            let Some(t) = tracked.get_mut(&spec.id) else {
+                return Ok(());
+            };
+            t.failures += 1;
+            t.last_reason = format!(
+                "analysis failed ({} of {}): {why}",
+                t.failures, spec.failure_limit
+            );
+            t.failures
+        };
+        tracing::warn!(experiment = %spec.id, failures, "analysis failed: {why}");
+        self.store.record_analysis(
+            &spec.id,
+            now,
+            &json!({ "failed": why, "failures": failures }),
+        )?;
+        if failures >= spec.failure_limit {
+            let reason = format!(
+                "{failures} analyses in a row failed (failureLimit {}); the last: {why}; rolling back",
+                spec.failure_limit
+            );
+            return self.force_rollback(&spec.id, reason, now);
+        }
+        Ok(())
     }
 
     /// Records a decision, applies it to the gateway, then marks it applied.
@@ -262,6 +417,12 @@ impl Controller {
         let record = DecisionRecord::new(spec, &state, &decision, observations, now);
         let mut next = state.clone();
         apply(spec, &mut next, &decision, now);
+        // Only a split the gateway can put in force is recorded: a recorded decision
+        // that then fails to apply would leave the store ahead of the gateway (and of
+        // the revision held here, so every later decision would conflict).
+        if next.weights != state.weights {
+            self.check_routable(spec, &next.weights)?;
+        }
         let row = DecisionRow {
             at: now,
             kind: record.kind.clone(),
@@ -279,10 +440,31 @@ impl Controller {
         }
         self.store.mark_applied(&spec.id, seq)?;
         tracing::info!(experiment = %spec.id, decision = record.kind, "{}", record.reason);
+        tell_event_gates(spec, &next, &record);
         if let Some(t) = self.lock().get_mut(&spec.id) {
             t.state = next;
             t.revision = revision + 1;
             t.last_reason = record.reason;
+        }
+        Ok(())
+    }
+
+    /// Refuses `weights` when they give traffic to a variant whose subset has no
+    /// endpoint (what `Control::set_weights` would refuse).
+    fn check_routable(&self, spec: &Experiment, weights: &[u32]) -> anyhow::Result<()> {
+        let config = self.control.config();
+        for (variant, &weight) in spec.variants.iter().zip(weights) {
+            if weight > 0
+                && config
+                    .subset_endpoints(&spec.host, Some(&variant.subset))
+                    .is_none_or(|e| e.is_empty())
+            {
+                anyhow::bail!(
+                    "subset {} of {} has no endpoint; refusing to route traffic to it",
+                    variant.subset,
+                    spec.host
+                );
+            }
         }
         Ok(())
     }
@@ -421,6 +603,9 @@ impl Controller {
             .store
             .decisions(id)?
             .into_iter()
+            // A deleted experiment's history stays in the store under its id; one
+            // created again with that id starts from scratch.
+            .filter(|(_, row, _)| row.at >= state.started_at)
             .filter_map(|(_, row, _)| serde_json::from_value(row.observations).ok())
             .collect();
         let current = self.observe(&spec, &state, now_ms());
@@ -430,5 +615,123 @@ impl Controller {
             periods.push(current);
         }
         Ok(Report::new(&spec, &state, &decisions, &periods))
+    }
+}
+
+fn has_gate(spec: &Experiment, kind: GateKind) -> bool {
+    spec.gates.iter().any(|g| g.kind == kind)
+}
+
+/// Why a gate did not let the experiment go on.
+#[derive(Debug)]
+struct GateRefusal {
+    name: String,
+    /// The gate answered 2xx (for a rollback gate: "roll back").
+    asked: bool,
+    why: String,
+}
+
+impl std::fmt::Display for GateRefusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "gate {} {}", self.name, self.why)
+    }
+}
+
+/// The JSON a gate receives.
+fn gate_payload(
+    spec: &Experiment,
+    kind: GateKind,
+    state: &ExperimentState,
+    decision: Option<&Decision>,
+) -> Value {
+    json!({
+        "experiment_id": spec.id,
+        "host": spec.host,
+        "gate": format!("{kind:?}"),
+        "phase": state.phase,
+        "split": spec.variants.iter().map(|v| v.name.clone()).zip(state.percentages()).collect::<Vec<_>>(),
+        "decision": decision.map(|d| json!({ "kind": d.kind(), "reason": d.reason() })),
+    })
+}
+
+/// Asks every gate of a kind. Pre-rollout and confirm-promotion gates pass on a 2xx
+/// answer and refuse otherwise (an error or a timeout refuses); a rollback gate's 2xx
+/// answer is reported as a refusal with `asked` set (it asks for a rollback).
+async fn ask_gates(
+    spec: &Experiment,
+    kind: GateKind,
+    state: &ExperimentState,
+    decision: Option<&Decision>,
+) -> Result<(), GateRefusal> {
+    for gate in spec.gates.iter().filter(|g| g.kind == kind) {
+        let answer = post_json(
+            &gate.url,
+            &gate_payload(spec, kind, state, decision),
+            gate.timeout,
+        )
+        .await;
+        match (kind, answer) {
+            (GateKind::Rollback, Ok(status)) if status.is_success() => {
+                return Err(GateRefusal {
+                    name: gate.name.clone(),
+                    asked: true,
+                    why: format!("answered {status}: roll back"),
+                })
+            }
+            (GateKind::Rollback, _) => {}
+            (_, Ok(status)) if status.is_success() => {}
+            (_, Ok(status)) => {
+                return Err(GateRefusal {
+                    name: gate.name.clone(),
+                    asked: false,
+                    why: format!("refused ({status})"),
+                })
+            }
+            (_, Err(e)) => {
+                return Err(GateRefusal {
+                    name: gate.name.clone(),
+                    asked: false,
+                    why: format!("failed: {e}"),
+                })
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Tells the event gates of a decision, without waiting for them.
+fn tell_event_gates(spec: &Experiment, state: &ExperimentState, record: &DecisionRecord) {
+    for gate in spec.gates.iter().filter(|g| g.kind == GateKind::Event) {
+        let mut payload = gate_payload(spec, GateKind::Event, state, None);
+        payload["decision"] = json!({ "kind": record.kind, "reason": record.reason, "weights_after": record.weights_after });
+        let (url, timeout) = (gate.url.clone(), gate.timeout);
+        tokio::spawn(async move {
+            if let Err(e) = post_json(&url, &payload, timeout).await {
+                tracing::warn!(%url, "event gate: {e}");
+            }
+        });
+    }
+}
+
+async fn post_json(url: &str, body: &Value, timeout: Duration) -> Result<http::StatusCode, String> {
+    use http_body_util::{BodyExt, Full};
+    let client: hyper_util::client::legacy::Client<_, Full<bytes::Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build_http();
+    let request = http::Request::post(url)
+        .header("content-type", "application/json")
+        .body(Full::new(bytes::Bytes::from(body.to_string())))
+        .map_err(|e| e.to_string())?;
+    match tokio::time::timeout(timeout, client.request(request)).await {
+        Ok(Ok(response)) => {
+            let status = response.status();
+            let _ = response.into_body().collect().await;
+            Ok(status)
+        }
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!(
+            "no answer within {}",
+            humantime::format_duration(timeout)
+        )),
     }
 }

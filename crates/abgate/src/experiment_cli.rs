@@ -244,8 +244,8 @@ async fn execute(args: ExperimentArgs) -> ExitCode {
 
 fn print_table(items: &[Value]) {
     println!(
-        "{:<32} {:<10} {:<12} {:<28} {}",
-        "ID", "STRATEGY", "PHASE", "SPLIT", "LAST DECISION"
+        "{:<32} {:<10} {:<12} {:<28} LAST DECISION",
+        "ID", "STRATEGY", "PHASE", "SPLIT"
     );
     for item in items {
         let split = item["split"]
