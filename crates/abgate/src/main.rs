@@ -6,6 +6,7 @@ mod api;
 mod controller;
 mod demo;
 mod experiment_cli;
+mod prometheus_source;
 mod serve;
 
 use std::process::ExitCode;
