@@ -125,18 +125,6 @@ fn window(period_started_at_ms: u64, now_ms: u64) -> String {
     )
 }
 
-/// The service name Istio reports for a host: the short name of a Kubernetes service's
-/// FQDN, the host itself otherwise. The same as `abgate_telemetry::service_name_of`
-/// (whose crate the `abgate` binary does not depend on directly), so that `{service}`
-/// matches the `destination_service_name` label the gateway exports.
-fn service_name_of(host: &str) -> &str {
-    if host.ends_with(".svc.cluster.local") {
-        host.split('.').next().unwrap_or(host)
-    } else {
-        host
-    }
-}
-
 /// The placeholder values for one variant.
 fn placeholders<'a>(
     experiment: &'a Experiment,
@@ -145,7 +133,10 @@ fn placeholders<'a>(
 ) -> [(&'static str, &'a str); 6] {
     [
         ("host", experiment.host.as_str()),
-        ("service", service_name_of(&experiment.host)),
+        (
+            "service",
+            abgate_telemetry::service_name_of(&experiment.host),
+        ),
         ("subset", variant.subset.as_str()),
         ("variant", variant.name.as_str()),
         ("experiment", experiment.id.as_str()),
@@ -358,19 +349,6 @@ mod tests {
     }
 
     #[test]
-    fn service_name_is_istios() {
-        assert_eq!(
-            service_name_of("reviews.default.svc.cluster.local"),
-            "reviews"
-        );
-        assert_eq!(
-            service_name_of("llama-3.1-8b-service"),
-            "llama-3.1-8b-service"
-        );
-        assert_eq!(service_name_of("api.example.com"), "api.example.com");
-    }
-
-    #[test]
     fn percent_encoding_keeps_only_unreserved() {
         assert_eq!(percent_encode("abcXYZ019-._~"), "abcXYZ019-._~");
         assert_eq!(
@@ -482,6 +460,111 @@ mod tests {
             .iter()
             .all(|v| v.requests == 0 && v.latency_p95_ms.is_none()));
         assert!(obs.stats.is_empty());
+    }
+
+    /// A server answering every request with HTTP `status` and `body`; its base URL.
+    async fn canned(status: u16, body: &'static str) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("address");
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match stream.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let answer = format!(
+                        "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\n\
+                         content-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = stream.write_all(answer.as_bytes()).await;
+                    let _ = stream.shutdown().await;
+                });
+            }
+        });
+        format!("http://{addr}")
+    }
+
+    #[tokio::test]
+    async fn every_figure_of_every_variant_comes_from_its_query() {
+        let address = canned(
+            200,
+            r#"{"status":"success","data":{"resultType":"vector","result":[{"metric":{},"value":[1,"41.6"]}]}}"#,
+        )
+        .await;
+        let spec = abgate_config_test_experiment();
+        let state = ExperimentState::new(&spec, 1_000);
+        let obs = observe(
+            &spec,
+            &state,
+            &address,
+            &abgate_config::default_prometheus_queries(),
+            31_000,
+        )
+        .await
+        .expect("observed");
+        assert_eq!((obs.from, obs.to), (1_000, 31_000));
+        let names: Vec<&str> = obs.variants.iter().map(|v| v.variant.as_str()).collect();
+        assert_eq!(names, ["v1-0", "v1-1"]);
+        for v in &obs.variants {
+            assert_eq!((v.requests, v.errors), (42, 42));
+            assert_eq!(v.latency_p95_ms, Some(41.6));
+            assert_eq!(v.ttft_p95_ms, Some(41.6));
+            assert_eq!(v.tokens_per_second, Some(41.6));
+            assert_eq!((v.latency_mean_ms, v.completion_tokens_mean), (None, None));
+        }
+        assert!(obs.stats.is_empty());
+    }
+
+    #[tokio::test]
+    async fn http_and_prometheus_errors_are_errors_with_the_query_and_the_text() {
+        let refused = canned(
+            400,
+            r#"{"status":"error","errorType":"bad_data","error":"1:14: parse error: unexpected right brace"}"#,
+        )
+        .await;
+        let spec = abgate_config_test_experiment();
+        let state = ExperimentState::new(&spec, 1_000);
+        let queries: BTreeMap<String, String> = [(
+            "requests".to_owned(),
+            "sum(x{subset=\"{subset}\"}})".to_owned(),
+        )]
+        .into();
+        let e = observe(&spec, &state, &refused, &queries, 2_000)
+            .await
+            .expect_err("refused");
+        let text = format!("{e:#}");
+        assert!(
+            text.contains("Prometheus query `sum(x{subset=\"v1-"),
+            "{text}"
+        );
+        assert!(
+            text.contains("HTTP 400 Bad Request: bad_data: 1:14: parse error"),
+            "{text}"
+        );
+
+        let broken = canned(503, "upstream unavailable").await;
+        let e = observe(&spec, &state, &broken, &queries, 2_000)
+            .await
+            .expect_err("not Prometheus");
+        let text = format!("{e:#}");
+        assert!(
+            text.contains("HTTP 503") && text.contains("upstream unavailable"),
+            "{text}"
+        );
+
+        let e = observe(&spec, &state, "https://127.0.0.1:1", &queries, 2_000)
+            .await
+            .expect_err("https");
+        assert!(format!("{e:#}").contains("only http://"), "{e:#}");
     }
 
     /// An experiment loaded the way `abgate serve` loads one.
