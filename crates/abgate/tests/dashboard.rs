@@ -9,186 +9,21 @@
 //! then `/metrics`. Real processes on 127.0.0.1 with ephemeral ports, killed at the end.
 //! crates/abgate/tests/prometheus.rs runs the same expressions in a real Prometheus.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::File;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::thread;
-use std::time::{Duration, Instant};
+use std::path::Path;
 
+use common::{
+    grafana_dashboard, http, panels_and_exprs, start_gateway, two_versions, Processes, Sim, HOST,
+};
 use serde_json::Value;
-
-const HOST: &str = "llama-3.1-8b-service";
-
-/// Every process the test starts; killed when the test ends, also when it panics (and
-/// then their logs go to the test's output).
-struct Processes {
-    children: Vec<(String, Child)>,
-    logs: PathBuf,
-}
-
-impl Processes {
-    fn new(logs: &Path) -> Self {
-        Processes {
-            children: Vec::new(),
-            logs: logs.to_owned(),
-        }
-    }
-
-    fn log(&self, name: &str) -> File {
-        File::create(self.logs.join(format!("{name}.log"))).expect("log file")
-    }
-
-    fn add(&mut self, name: &str, child: Child) -> usize {
-        self.children.push((name.to_owned(), child));
-        self.children.len() - 1
-    }
-
-    fn exited(&mut self, index: usize) -> bool {
-        self.children[index]
-            .1
-            .try_wait()
-            .expect("try_wait")
-            .is_some()
-    }
-
-    fn stop(&mut self, index: usize) {
-        let child = &mut self.children[index].1;
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-}
-
-impl Drop for Processes {
-    fn drop(&mut self) {
-        for (_, child) in &mut self.children {
-            if let Ok(None) = child.try_wait() {
-                let _ = child.kill();
-            }
-            let _ = child.wait();
-        }
-        if thread::panicking() {
-            for (name, _) in &self.children {
-                let text = std::fs::read_to_string(self.logs.join(format!("{name}.log")))
-                    .unwrap_or_default();
-                eprintln!("---- {name} stderr ----\n{text}");
-            }
-        }
-    }
-}
-
-/// One HTTP/1.1 exchange on a fresh connection: the status and the raw body (chunk
-/// framing left in; the callers only look for text in it).
-fn http(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    host: &str,
-    headers: &[(&str, &str)],
-    body: &str,
-) -> Option<(u16, String)> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .ok()?;
-    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
-    for (name, value) in headers {
-        request.push_str(&format!("{name}: {value}\r\n"));
-    }
-    if method == "POST" {
-        request.push_str(&format!(
-            "Content-Type: application/json\r\nContent-Length: {}\r\n",
-            body.len()
-        ));
-    }
-    request.push_str("\r\n");
-    request.push_str(body);
-    stream.write_all(request.as_bytes()).ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let status = response.split_whitespace().nth(1)?.parse().ok()?;
-    let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-    Some((status, body.to_owned()))
-}
-
-fn get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
-    http(addr, "GET", path, &addr.to_string(), &[], "")
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("an ephemeral port")
-        .port()
-}
-
-/// Starts `abgate sim` serving `model` on a free port (the sim does not print its port:
-/// a sim that exits, or a port that answers for another model, means another try).
-fn start_sim(processes: &mut Processes, model: &str) -> u16 {
-    for attempt in 0..5 {
-        let port = free_port();
-        let name = format!("sim-{model}-{attempt}");
-        let child = Command::new(env!("CARGO_BIN_EXE_abgate"))
-            .args(["sim", "--listen", &format!("127.0.0.1:{port}")])
-            .args(["--model", model, "--seed", "1", "--output-tokens", "6"])
-            .args(["--ttft-ms", "5", "--tokens-per-second", "500"])
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(processes.log(&name))
-            .spawn()
-            .expect("abgate sim starts");
-        let index = processes.add(&name, child);
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if processes.exited(index) {
-                break;
-            }
-            match get(addr, "/v1/models") {
-                Some((200, body)) if body.contains(&format!("\"{model}\"")) => return port,
-                Some(_) => break,
-                None => thread::sleep(Duration::from_millis(20)),
-            }
-        }
-        processes.stop(index);
-    }
-    panic!("abgate sim for {model} did not start in 5 tries");
-}
 
 /// Two versions of one host, their subsets, a default route, and an Experiment between
 /// the subsets for requests with `x-experiment-id: exp-dash`.
 fn write_config(dir: &Path, v1: u16, v2: u16) {
     let yaml = format!(
-        r#"apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {{name: llama, namespace: default}}
-spec:
-  hosts: [{HOST}]
-  location: MESH_INTERNAL
-  resolution: STATIC
-  ports:
-  - {{number: 8000, name: http, protocol: HTTP}}
-  endpoints:
-  - address: 127.0.0.1
-    ports: {{http: {v1}}}
-    labels: {{version: v1.0, model: llama-3.1-8b}}
-  - address: 127.0.0.1
-    ports: {{http: {v2}}}
-    labels: {{version: v1.1, model: llama-3.1-8b}}
----
-apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {{name: llama, namespace: default}}
-spec:
-  host: {HOST}
-  subsets:
-  - {{name: v1-0, labels: {{version: v1.0}}}}
-  - {{name: v1-1, labels: {{version: v1.1}}}}
----
+        r#"{mesh}---
 apiVersion: networking.istio.io/v1
 kind: VirtualService
 metadata: {{name: llama, namespace: default}}
@@ -210,72 +45,10 @@ spec:
   match:
   - headers:
       x-experiment-id: {{exact: exp-dash}}
-"#
+"#,
+        mesh = two_versions(v1, v2)
     );
     std::fs::write(dir.join("llama.yaml"), yaml).expect("config written");
-}
-
-/// Starts `abgate serve` on ephemeral ports; the gateway and admin addresses, once ready.
-fn start_gateway(processes: &mut Processes, config: &Path) -> (SocketAddr, SocketAddr) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_abgate"))
-        .arg("serve")
-        .arg("-f")
-        .arg(config)
-        .args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
-        .args(["--grace", "1s"])
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(processes.log("gateway"))
-        .spawn()
-        .expect("abgate serve starts");
-    let stdout = child.stdout.take().expect("piped stdout");
-    let index = processes.add("gateway", child);
-    let (tx, rx) = mpsc::channel();
-    thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let mut gateway = None;
-    let mut admin = None;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while admin.is_none() {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let line = rx
-            .recv_timeout(left)
-            .expect("abgate serve prints `listening admin ADDR` in time");
-        let words: Vec<&str> = line.split_whitespace().collect();
-        match words.as_slice() {
-            ["listening", "http", addr, ..] if gateway.is_none() => {
-                gateway = Some(addr.parse::<SocketAddr>().expect("gateway address"));
-            }
-            ["listening", "admin", addr] => {
-                admin = Some(addr.parse::<SocketAddr>().expect("admin address"));
-            }
-            _ => {}
-        }
-    }
-    let gateway = gateway.expect("a `listening http ADDR` line before the admin line");
-    let admin = admin.expect("admin address");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Some((200, _)) = get(admin, "/readyz") {
-            return (gateway, admin);
-        }
-        assert!(
-            !processes.exited(index),
-            "abgate serve exited before it was ready"
-        );
-        assert!(
-            Instant::now() < deadline,
-            "/readyz did not answer 200 in time"
-        );
-        thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// What `/metrics` exports: each sample name with the label names its samples carry.
@@ -527,28 +300,6 @@ fn uses(expr: &str) -> Uses {
     out
 }
 
-/// Every panel (rows' nested panels included), and every `targets[].expr` with its
-/// panel's title.
-fn panels_and_exprs(dashboard: &Value) -> (Vec<Value>, Vec<(String, String)>) {
-    fn walk(panels: &Value, all: &mut Vec<Value>, exprs: &mut Vec<(String, String)>) {
-        for panel in panels.as_array().into_iter().flatten() {
-            all.push(panel.clone());
-            let title = panel["title"].as_str().unwrap_or("").to_owned();
-            for target in panel["targets"].as_array().into_iter().flatten() {
-                let expr = target["expr"]
-                    .as_str()
-                    .unwrap_or_else(|| panic!("panel {title:?}: a target without expr"));
-                exprs.push((title.clone(), expr.to_owned()));
-            }
-            walk(&panel["panels"], all, exprs);
-        }
-    }
-    let mut all = Vec::new();
-    let mut exprs = Vec::new();
-    walk(&dashboard["panels"], &mut all, &mut exprs);
-    (all, exprs)
-}
-
 #[test]
 fn the_extractor_reads_promql() {
     let u = uses(
@@ -588,9 +339,7 @@ fn the_extractor_reads_promql() {
 
 #[test]
 fn every_dashboard_query_uses_metrics_and_labels_abgate_exports() {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/grafana/abgate.json");
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let dashboard: Value = serde_json::from_str(&text).expect("the dashboard is JSON");
+    let dashboard = grafana_dashboard();
 
     // The dashboard's shape.
     assert!(
@@ -650,36 +399,35 @@ fn every_dashboard_query_uses_metrics_and_labels_abgate_exports() {
     let config = dir.path().join("config");
     std::fs::create_dir(&config).expect("config dir");
     let mut processes = Processes::new(dir.path());
-    let v1 = start_sim(&mut processes, "llama-v1");
-    let v2 = start_sim(&mut processes, "llama-v2");
+    let sim = Sim {
+        output_tokens: 6,
+        ttft_ms: 5,
+        tokens_per_second: 500,
+    };
+    let v1 = sim.start(&mut processes, "llama-v1");
+    let v2 = sim.start(&mut processes, "llama-v2");
     write_config(&config, v1, v2);
-    let (gateway, admin) = start_gateway(&mut processes, &config);
+    let state = dir.path().join("state.db");
+    let gateway = start_gateway(&mut processes, "gateway", &config, &state, &[]);
     for body in [
         r#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#,
         r#"{"model":"m","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"hi"}]}"#,
     ] {
-        let (status, text) = http(
-            gateway,
+        let reply = http(
+            gateway.http,
             "POST",
             "/v1/chat/completions",
-            HOST,
-            &[("x-experiment-id", "exp-dash")],
+            &[
+                ("Host", HOST),
+                ("Content-Type", "application/json"),
+                ("x-experiment-id", "exp-dash"),
+            ],
             body,
-        )
-        .expect("the gateway answers");
-        assert_eq!(status, 200, "{text}");
+        );
+        assert_eq!(reply.status, 200, "{}", reply.body);
     }
     // The stream is recorded when its end has been forwarded; wait for it.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let metrics = loop {
-        let (status, text) = get(admin, "/metrics").expect("/metrics answers");
-        assert_eq!(status, 200);
-        if text.lines().any(|l| l == "abgate_requests_in_flight 0") {
-            break text;
-        }
-        assert!(Instant::now() < deadline, "requests stayed in flight");
-        thread::sleep(Duration::from_millis(20));
-    };
+    let metrics = gateway.metrics_when_idle();
     let exported = exported(&metrics);
     for family in [
         "istio_requests_total",

@@ -22,21 +22,19 @@
 //! then Prometheus has taken a sample whose timestamp is later than that moment
 //! (`timestamp(up{job="abgate"})`).
 
-use std::collections::BTreeMap;
-use std::fs::File;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{mpsc, Arc, Mutex};
+mod common;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Command;
+use std::sync::{Arc, Mutex};
 use std::thread;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime};
 
-use serde_json::Value;
-
-const HOST: &str = "llama-3.1-8b-service";
-/// The `model` label of both endpoints: what the seed's `model_name` selector names.
-const MODEL: &str = "llama-3.1-8b";
+use common::{
+    grafana_dashboard, panels_and_exprs, prometheus_binary, start_gateway, try_http, two_versions,
+    value_of, Gateway, Processes, Prometheus, Sim, HOST, MODEL,
+};
 
 /// v1.0: 8 tokens, first after 20 ms, then 400 tokens/s (2.5 ms apart).
 const V1_TOKENS: u64 = 8;
@@ -52,237 +50,12 @@ const V1_REQUESTS: usize = 40;
 const V2_REQUESTS: usize = 25;
 const NR_REQUESTS: usize = 5;
 
-/// Every process the test starts; killed when the test ends, also when it panics (and
-/// then their logs go to the test's output).
-struct Processes {
-    children: Vec<(String, Child)>,
-    logs: PathBuf,
-}
-
-impl Processes {
-    fn new(logs: &Path) -> Self {
-        Processes {
-            children: Vec::new(),
-            logs: logs.to_owned(),
-        }
-    }
-
-    fn log(&self, name: &str) -> File {
-        File::create(self.logs.join(format!("{name}.log"))).expect("log file")
-    }
-
-    fn add(&mut self, name: &str, child: Child) -> usize {
-        self.children.push((name.to_owned(), child));
-        self.children.len() - 1
-    }
-
-    fn exited(&mut self, index: usize) -> bool {
-        self.children[index]
-            .1
-            .try_wait()
-            .expect("try_wait")
-            .is_some()
-    }
-
-    fn stop(&mut self, index: usize) {
-        let child = &mut self.children[index].1;
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-}
-
-impl Drop for Processes {
-    fn drop(&mut self) {
-        for (_, child) in &mut self.children {
-            if let Ok(None) = child.try_wait() {
-                let _ = child.kill();
-            }
-            let _ = child.wait();
-        }
-        if thread::panicking() {
-            for (name, _) in &self.children {
-                let text = std::fs::read_to_string(self.logs.join(format!("{name}.log")))
-                    .unwrap_or_default();
-                let tail: Vec<&str> = text.lines().rev().take(40).collect();
-                let tail: Vec<&str> = tail.into_iter().rev().collect();
-                eprintln!("---- {name} log (last 40 lines) ----\n{}", tail.join("\n"));
-            }
-        }
-    }
-}
-
-/// An HTTP/1.1 response: status, lower-cased headers, body (de-chunked).
-struct Response {
-    status: u16,
-    headers: BTreeMap<String, String>,
-    body: String,
-}
-
-/// One HTTP/1.1 exchange on a fresh connection (`Connection: close`); None when the
-/// connection fails or the answer is not HTTP.
-fn http(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    host: &str,
-    headers: &[(&str, &str)],
-    body: &str,
-) -> Option<Response> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .ok()?;
-    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
-    for (name, value) in headers {
-        request.push_str(&format!("{name}: {value}\r\n"));
-    }
-    if method == "POST" {
-        request.push_str(&format!(
-            "Content-Type: application/json\r\nContent-Length: {}\r\n",
-            body.len()
-        ));
-    }
-    request.push_str("\r\n");
-    request.push_str(body);
-    stream.write_all(request.as_bytes()).ok()?;
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).ok()?;
-    let split = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
-    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
-    let mut rest = &raw[split + 4..];
-    let mut lines = head.lines();
-    let status = lines.next()?.split_whitespace().nth(1)?.parse().ok()?;
-    let headers: BTreeMap<String, String> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
-    let chunked = headers
-        .get("transfer-encoding")
-        .is_some_and(|v| v.eq_ignore_ascii_case("chunked"));
-    let body = if chunked {
-        let mut out = Vec::new();
-        loop {
-            let end = rest.windows(2).position(|w| w == b"\r\n")?;
-            let size_text = String::from_utf8_lossy(&rest[..end]);
-            let size = usize::from_str_radix(size_text.split(';').next()?.trim(), 16).ok()?;
-            rest = &rest[end + 2..];
-            if size == 0 {
-                break;
-            }
-            out.extend_from_slice(rest.get(..size)?);
-            rest = rest.get(size + 2..)?;
-        }
-        String::from_utf8_lossy(&out).into_owned()
-    } else {
-        String::from_utf8_lossy(rest).into_owned()
-    };
-    Some(Response {
-        status,
-        headers,
-        body,
-    })
-}
-
-fn get(addr: SocketAddr, path: &str) -> Option<Response> {
-    http(addr, "GET", path, &addr.to_string(), &[], "")
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("an ephemeral port")
-        .port()
-}
-
-fn unix_now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_secs_f64()
-}
-
-/// Starts `abgate sim` serving `model` on a free port. `abgate sim` does not print the
-/// port it binds, so the test picks one; another process may take it in between, so a
-/// sim that exits, or a port that answers for another model, means another try.
-fn start_sim(
-    processes: &mut Processes,
-    model: &str,
-    tokens: u64,
-    ttft_ms: u64,
-    tokens_per_second: u64,
-) -> u16 {
-    for attempt in 0..5 {
-        let port = free_port();
-        let name = format!("sim-{model}-{attempt}");
-        let child = Command::new(env!("CARGO_BIN_EXE_abgate"))
-            .args(["sim", "--listen", &format!("127.0.0.1:{port}")])
-            .args(["--model", model, "--seed", "1"])
-            .args(["--output-tokens", &tokens.to_string()])
-            .args(["--ttft-ms", &ttft_ms.to_string()])
-            .args(["--tokens-per-second", &tokens_per_second.to_string()])
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(processes.log(&name))
-            .spawn()
-            .expect("abgate sim starts");
-        let index = processes.add(&name, child);
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if processes.exited(index) {
-                break; // could not bind: try another port
-            }
-            match get(addr, "/v1/models") {
-                Some(r) if r.status == 200 && r.body.contains(&format!("\"{model}\"")) => {
-                    return port
-                }
-                Some(_) => break, // someone else's server on that port
-                None => thread::sleep(Duration::from_millis(20)),
-            }
-        }
-        processes.stop(index);
-    }
-    panic!("abgate sim for {model} did not start in 5 tries");
-}
-
 /// The mesh view: one host, two endpoints labelled with version and model, a subset per
 /// version, and a VirtualService that sends `x-variant-pin: v1-1` to v1-1 and everything
 /// else to v1-0, so the split is known exactly.
 fn write_config(dir: &Path, v1: u16, v2: u16) {
     let yaml = format!(
-        r#"apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata:
-  name: llama-3-1-8b
-  namespace: default
-spec:
-  hosts: [{HOST}]
-  location: MESH_INTERNAL
-  resolution: STATIC
-  ports:
-  - {{number: 8000, name: http, protocol: HTTP}}
-  endpoints:
-  - address: 127.0.0.1
-    ports: {{http: {v1}}}
-    labels: {{version: v1.0, model: {MODEL}}}
-  - address: 127.0.0.1
-    ports: {{http: {v2}}}
-    labels: {{version: v1.1, model: {MODEL}}}
----
-apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata:
-  name: llama-3-1-8b
-  namespace: default
-spec:
-  host: {HOST}
-  subsets:
-  - name: v1-0
-    labels: {{version: v1.0}}
-  - name: v1-1
-    labels: {{version: v1.1}}
----
+        r#"{mesh}---
 apiVersion: networking.istio.io/v1
 kind: VirtualService
 metadata:
@@ -300,237 +73,17 @@ spec:
   - name: default
     route:
     - destination: {{host: {HOST}, subset: v1-0}}
-"#
+"#,
+        mesh = two_versions(v1, v2)
     );
     std::fs::write(dir.join("llama.yaml"), yaml).expect("config written");
 }
 
-/// Starts `abgate serve` on ephemeral ports; returns the gateway and admin addresses,
-/// read from the lines it prints, once `/readyz` answers 200.
-fn start_gateway(processes: &mut Processes, config: &Path) -> (SocketAddr, SocketAddr) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_abgate"))
-        .arg("serve")
-        .arg("-f")
-        .arg(config)
-        .args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
-        .args(["--grace", "1s"])
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(processes.log("gateway"))
-        .spawn()
-        .expect("abgate serve starts");
-    let stdout = child.stdout.take().expect("piped stdout");
-    let index = processes.add("gateway", child);
-    let (tx, rx) = mpsc::channel();
-    thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let mut gateway = None;
-    let mut admin = None;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while admin.is_none() {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let line = rx
-            .recv_timeout(left)
-            .expect("abgate serve prints `listening admin ADDR` in time");
-        let words: Vec<&str> = line.split_whitespace().collect();
-        match words.as_slice() {
-            ["listening", "http", addr, ..] if gateway.is_none() => {
-                gateway = Some(addr.parse::<SocketAddr>().expect("gateway address"));
-            }
-            ["listening", "admin", addr] => {
-                admin = Some(addr.parse::<SocketAddr>().expect("admin address"));
-            }
-            _ => {}
-        }
-    }
-    let gateway = gateway.expect("a `listening http ADDR` line before the admin line");
-    let admin = admin.expect("admin address");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if get(admin, "/readyz").is_some_and(|r| r.status == 200) {
-            return (gateway, admin);
-        }
-        assert!(
-            !processes.exited(index),
-            "abgate serve exited before it was ready"
-        );
-        assert!(
-            Instant::now() < deadline,
-            "/readyz did not answer 200 in time"
-        );
-        thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// The Prometheus binary: `ABGATE_TEST_PROMETHEUS`, else `prometheus` on PATH. Fails
-/// (never skips) without one.
-fn prometheus_binary() -> PathBuf {
-    if let Some(path) = std::env::var_os("ABGATE_TEST_PROMETHEUS") {
-        let path = PathBuf::from(path);
-        assert!(
-            path.is_file(),
-            "ABGATE_TEST_PROMETHEUS={} is not a file: run scripts/test (it installs \
-             Prometheus and sets it), or point it at a prometheus binary",
-            path.display()
-        );
-        return path;
-    }
-    let found = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|dir| dir.join("prometheus"))
-            .find(|candidate| candidate.is_file())
-    });
-    found.unwrap_or_else(|| {
-        panic!(
-            "no Prometheus: ABGATE_TEST_PROMETHEUS is unset and there is no `prometheus` on \
-             PATH. Run scripts/test (it installs Debian's `prometheus` package and sets \
-             ABGATE_TEST_PROMETHEUS), or install Prometheus (apt-get install prometheus) and \
-             set ABGATE_TEST_PROMETHEUS=/usr/bin/prometheus"
-        )
-    })
-}
-
-/// Starts Prometheus on a free port, scraping `admin` every second, with its storage in
-/// `dir`; returns its address once it is ready.
-fn start_prometheus(
-    processes: &mut Processes,
-    binary: &Path,
-    dir: &Path,
-    admin: SocketAddr,
-) -> SocketAddr {
-    let config = dir.join("prometheus.yml");
-    std::fs::write(
-        &config,
-        format!(
-            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
-             scrape_configs:\n- job_name: abgate\n  metrics_path: /metrics\n  \
-             static_configs:\n  - targets: ['{admin}']\n"
-        ),
-    )
-    .expect("prometheus.yml written");
-    for attempt in 0..5 {
-        let port = free_port();
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let storage = dir.join(format!("tsdb-{attempt}"));
-        let name = format!("prometheus-{attempt}");
-        let child = Command::new(binary)
-            .arg(format!("--config.file={}", config.display()))
-            .arg(format!("--storage.tsdb.path={}", storage.display()))
-            .arg(format!("--web.listen-address={addr}"))
-            .arg("--log.level=warn")
-            .current_dir(dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(processes.log(&name))
-            .spawn()
-            .unwrap_or_else(|e| panic!("{} does not start: {e}", binary.display()));
-        let index = processes.add(&name, child);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline && !processes.exited(index) {
-            // Ours once it lists our gateway as a target (discovery takes a moment after
-            // it is ready); one that could not bind the port exits.
-            let ours = get(addr, "/-/ready").is_some_and(|r| r.status == 200)
-                && get(addr, "/api/v1/targets")
-                    .is_some_and(|r| r.body.contains(&admin.to_string()));
-            if ours {
-                return addr;
-            }
-            thread::sleep(Duration::from_millis(50));
-        }
-        processes.stop(index);
-    }
-    panic!("Prometheus ({}) did not start in 5 tries", binary.display());
-}
-
-/// Percent-encodes a query parameter.
-fn encode(text: &str) -> String {
-    let mut out = String::with_capacity(text.len() * 3);
-    for b in text.bytes() {
-        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
-/// Runs an instant query; the result vector. Panics when Prometheus refuses the query.
-fn query(prometheus: SocketAddr, expr: &str) -> Vec<Value> {
-    let path = format!("/api/v1/query?query={}", encode(expr));
-    let response = get(prometheus, &path).expect("Prometheus answers");
-    let json: Value = serde_json::from_str(&response.body)
-        .unwrap_or_else(|e| panic!("{e}: {} for {expr}", response.body));
-    assert_eq!(
-        json["status"], "success",
-        "Prometheus refused `{expr}`: {json}"
-    );
-    assert_eq!(json["data"]["resultType"], "vector", "{expr}: {json}");
-    json["data"]["result"]
-        .as_array()
-        .expect("a result array")
-        .clone()
-}
-
-/// The value of a sample of a query result.
-fn value_of(sample: &Value) -> f64 {
-    let text = sample["value"][1].as_str().expect("a sample value");
-    match text {
-        "NaN" => f64::NAN,
-        "+Inf" => f64::INFINITY,
-        "-Inf" => f64::NEG_INFINITY,
-        t => t.parse().expect("a number"),
-    }
-}
-
-/// The one value of a query that yields exactly one sample.
-fn single(prometheus: SocketAddr, expr: &str) -> f64 {
-    let result = query(prometheus, expr);
-    assert_eq!(result.len(), 1, "`{expr}` yields one sample: {result:#?}");
-    value_of(&result[0])
-}
-
 /// Waits until Prometheus has sampled the gateway after every request sent so far was
 /// recorded: the gateway shows nothing in flight, then a scrape starts after that.
-fn wait_for_scrape_after_traffic(prometheus: SocketAddr, admin: SocketAddr) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let metrics = get(admin, "/metrics").expect("/metrics answers").body;
-        if metrics.lines().any(|l| l == "abgate_requests_in_flight 0") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "requests stayed in flight");
-        thread::sleep(Duration::from_millis(20));
-    }
-    let recorded = unix_now();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        // `timestamp()` of a bare selector is the time of the sample (the scrape's
-        // start); of any other expression, such as `up == 1`, it is the evaluation time.
-        let result = query(prometheus, r#"timestamp(up{job="abgate"})"#);
-        if result.first().map(value_of).is_some_and(|t| t > recorded) {
-            let up = single(prometheus, r#"up{job="abgate"}"#);
-            assert_eq!(
-                up, 1.0,
-                "the scrape of the gateway after the traffic failed"
-            );
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no successful scrape of the gateway within 15 s after the traffic: {result:?}; \
-             targets: {}",
-            get(prometheus, "/api/v1/targets").map_or(String::new(), |r| r.body)
-        );
-        thread::sleep(Duration::from_millis(100));
-    }
+fn wait_for_scrape_after_traffic(prometheus: &Prometheus, gateway: &Gateway) {
+    gateway.metrics_when_idle();
+    prometheus.wait_for_scrape_after(SystemTime::now());
 }
 
 /// How a request asks: plain JSON, streamed with a final usage chunk, or streamed
@@ -588,14 +141,13 @@ fn one_request(gateway: SocketAddr, target: Target, kind: Kind) {
         ),
         Target::NoRoute => ("nowhere.invalid", &[], "", 0),
     };
-    let r = http(gateway, "POST", "/v1/chat/completions", host, headers, body)
-        .unwrap_or_else(|| panic!("{target:?} {kind:?}: no HTTP answer"));
+    let mut all = vec![("Host", host), ("Content-Type", "application/json")];
+    all.extend_from_slice(headers);
+    let r = try_http(gateway, "POST", "/v1/chat/completions", &all, body)
+        .unwrap_or_else(|e| panic!("{target:?} {kind:?}: no HTTP answer: {e}"));
     if let Target::NoRoute = target {
         assert_eq!(r.status, 404, "{}", r.body);
-        assert_eq!(
-            r.headers.get("x-abgate-response-flags").map(String::as_str),
-            Some("NR")
-        );
+        assert_eq!(r.header("x-abgate-response-flags"), Some("NR"));
         return;
     }
     assert_eq!(r.status, 200, "{target:?} {kind:?}: {}", r.body);
@@ -685,27 +237,6 @@ fn seed_queries(variant: &str) -> [(&'static str, String); 4] {
     ]
 }
 
-/// Every `targets[].expr` of the dashboard, with the panel title, rows' panels included.
-fn dashboard_exprs() -> Vec<(String, String)> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/grafana/abgate.json");
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let json: Value = serde_json::from_str(&text).expect("the dashboard is JSON");
-    fn walk(panels: &Value, out: &mut Vec<(String, String)>) {
-        for panel in panels.as_array().into_iter().flatten() {
-            let title = panel["title"].as_str().unwrap_or("").to_owned();
-            for target in panel["targets"].as_array().into_iter().flatten() {
-                if let Some(expr) = target["expr"].as_str() {
-                    out.push((title.clone(), expr.to_owned()));
-                }
-            }
-            walk(&panel["panels"], out);
-        }
-    }
-    let mut out = Vec::new();
-    walk(&json["panels"], &mut out);
-    out
-}
-
 #[test]
 fn prometheus_scrapes_abgate_and_the_seeds_queries_work_with_abgates_labels() {
     let begun = Instant::now();
@@ -716,46 +247,25 @@ fn prometheus_scrapes_abgate_and_the_seeds_queries_work_with_abgates_labels() {
     std::fs::create_dir(&config).expect("config dir");
     let mut processes = Processes::new(dir.path());
 
-    let v1 = start_sim(
-        &mut processes,
-        "llama-3.1-8b-v1",
-        V1_TOKENS,
-        V1_TTFT_MS,
-        V1_TOKENS_PER_SECOND,
-    );
-    let v2 = start_sim(
-        &mut processes,
-        "llama-3.1-8b-v2",
-        V2_TOKENS,
-        V2_TTFT_MS,
-        V2_TOKENS_PER_SECOND,
-    );
+    let v1 = Sim {
+        output_tokens: V1_TOKENS,
+        ttft_ms: V1_TTFT_MS,
+        tokens_per_second: V1_TOKENS_PER_SECOND,
+    }
+    .start(&mut processes, "llama-3.1-8b-v1");
+    let v2 = Sim {
+        output_tokens: V2_TOKENS,
+        ttft_ms: V2_TTFT_MS,
+        tokens_per_second: V2_TOKENS_PER_SECOND,
+    }
+    .start(&mut processes, "llama-3.1-8b-v2");
     write_config(&config, v1, v2);
-    let (gateway, admin) = start_gateway(&mut processes, &config);
-    let prometheus = start_prometheus(&mut processes, &prometheus_bin, dir.path(), admin);
+    let state = dir.path().join("state.db");
+    let gateway = start_gateway(&mut processes, "gateway", &config, &state, &[]);
+    let prometheus = Prometheus::start(&mut processes, &prometheus_bin, dir.path());
 
     // The target is up before any traffic.
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let targets: Value = get(prometheus, "/api/v1/targets")
-            .and_then(|r| serde_json::from_str(&r.body).ok())
-            .unwrap_or(Value::Null);
-        let active = targets["data"]["activeTargets"].as_array().cloned();
-        let up = active.iter().flatten().any(|t| {
-            t["health"] == "up"
-                && t["scrapeUrl"]
-                    .as_str()
-                    .is_some_and(|u| u.contains(&format!("{admin}/metrics")))
-        });
-        if up {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "Prometheus did not report the gateway's target up: {targets}"
-        );
-        thread::sleep(Duration::from_millis(100));
-    }
+    prometheus.scrape(gateway.admin);
     let setup = begun.elapsed();
 
     // Two halves with the same mix, a scrape after each (see the module's docs).
@@ -764,26 +274,22 @@ fn prometheus_scrapes_abgate_and_the_seeds_queries_work_with_abgates_labels() {
         V2_REQUESTS.div_ceil(2),
         NR_REQUESTS.div_ceil(2),
     );
-    send(gateway, traffic(first.0, first.1, first.2));
-    wait_for_scrape_after_traffic(prometheus, admin);
+    send(gateway.http, traffic(first.0, first.1, first.2));
+    wait_for_scrape_after_traffic(&prometheus, &gateway);
     send(
-        gateway,
+        gateway.http,
         traffic(
             V1_REQUESTS - first.0,
             V2_REQUESTS - first.1,
             NR_REQUESTS - first.2,
         ),
     );
-    wait_for_scrape_after_traffic(prometheus, admin);
+    wait_for_scrape_after_traffic(&prometheus, &gateway);
     let traffic_done = begun.elapsed();
 
     // Exact request counts per version (the endpoint's `version` label), and per subset.
-    let count = |selector: &str| {
-        single(
-            prometheus,
-            &format!("sum(istio_requests_total{{{selector}}})"),
-        )
-    };
+    let count =
+        |selector: &str| prometheus.single(&format!("sum(istio_requests_total{{{selector}}})"));
     let svc = format!(r#"destination_service_name="{HOST}""#);
     assert_eq!(
         count(&format!(r#"{svc},destination_version="v1.0""#)),
@@ -816,12 +322,9 @@ fn prometheus_scrapes_abgate_and_the_seeds_queries_work_with_abgates_labels() {
     // allows the slowest v1.1 requests to take up to 1 s (bucket (500, 1000]) on a busy
     // machine. The rate covers the second half: the samples after each half span it.
     let p95 = |version: &str| {
-        single(
-            prometheus,
-            &format!(
-                r#"histogram_quantile(0.95, sum by (le) (rate(istio_request_duration_milliseconds_bucket{{destination_version="{version}"}}[1m])))"#
-            ),
-        )
+        prometheus.single(&format!(
+            r#"histogram_quantile(0.95, sum by (le) (rate(istio_request_duration_milliseconds_bucket{{destination_version="{version}"}}[1m])))"#
+        ))
     };
     let p95_v2 = p95("v1.1");
     assert!(
@@ -836,8 +339,7 @@ fn prometheus_scrapes_abgate_and_the_seeds_queries_work_with_abgates_labels() {
     );
     // TTFT of v1.1's streams: the first token leaves the sim after 60 ms, so no sample is
     // at or below the 0.06 s bound and the quantile is at least 0.06 + 0.02 × 0.95.
-    let ttft_v2 = single(
-        prometheus,
+    let ttft_v2 = prometheus.single(
         r#"histogram_quantile(0.95, sum by (le) (rate(llm_time_to_first_token_seconds_bucket{version="v1.1"}[1m])))"#,
     );
     assert!(
@@ -848,32 +350,36 @@ fn prometheus_scrapes_abgate_and_the_seeds_queries_work_with_abgates_labels() {
     // Tokens: usage of plain answers and of streams with include_usage, content chunks
     // counted for streams without it; all three kinds add up exactly.
     let tokens = |version: &str| {
-        single(
-            prometheus,
-            &format!(
-                r#"sum(llm_tokens_generated_total{{model_name="{MODEL}",version="{version}"}})"#
-            ),
-        )
+        prometheus.single(&format!(
+            r#"sum(llm_tokens_generated_total{{model_name="{MODEL}",version="{version}"}})"#
+        ))
     };
     assert_eq!(tokens("v1.0"), (V1_REQUESTS as u64 * V1_TOKENS) as f64);
     assert_eq!(tokens("v1.1"), (V2_REQUESTS as u64 * V2_TOKENS) as f64);
     assert_eq!(
-        single(
-            prometheus,
-            r#"sum(llm_requests_total{version="v1.0",success="true"})"#
-        ),
+        prometheus.single(r#"sum(llm_requests_total{version="v1.0",success="true"})"#),
         V1_REQUESTS as f64
     );
+    // No model response failed; the no-route requests' JSON errors are failed LLM
+    // responses of the catch-all `unknown` destination, not of the model service.
     assert_eq!(
-        single(prometheus, r#"sum(llm_requests_total{success="false"})"#),
+        prometheus.single(
+            r#"sum(llm_requests_total{destination_service_name="llama-3.1-8b-service",success="false"})"#
+        ),
         0.0
+    );
+    assert_eq!(
+        prometheus.single(
+            r#"sum(llm_requests_total{destination_service_name="unknown",success="false"})"#
+        ),
+        NR_REQUESTS as f64
     );
 
     // The seed's queries with abgate's label values return samples; exactly as the seed
     // writes them (the subset name where the version label is compared) they return none.
     for (subset, version) in [("v1-0", "v1.0"), ("v1-1", "v1.1")] {
         for (name, expr) in seed_queries(version) {
-            let result = query(prometheus, &expr);
+            let result = prometheus.vector(&expr);
             assert!(
                 !result.is_empty(),
                 "the seed's {name} query with version=\"{version}\" returns samples: {expr}"
@@ -887,7 +393,7 @@ fn prometheus_scrapes_abgate_and_the_seeds_queries_work_with_abgates_labels() {
             );
         }
         for (name, expr) in seed_queries(subset) {
-            let result = query(prometheus, &expr);
+            let result = prometheus.vector(&expr);
             assert!(
                 result.is_empty(),
                 "the seed's {name} query as written (\"{subset}\", a subset name, compared \
@@ -899,7 +405,7 @@ fn prometheus_scrapes_abgate_and_the_seeds_queries_work_with_abgates_labels() {
     // Every expression of the Grafana dashboard is valid PromQL and finds samples, with
     // the dashboard's variables set to this traffic: the service, and no experiment (an
     // absent `experiment_id` label equals the empty string).
-    let exprs = dashboard_exprs();
+    let (_, exprs) = panels_and_exprs(&grafana_dashboard());
     assert!(!exprs.is_empty(), "the dashboard has expressions");
     for (title, expr) in &exprs {
         let concrete = expr
@@ -909,7 +415,7 @@ fn prometheus_scrapes_abgate_and_the_seeds_queries_work_with_abgates_labels() {
             .replace("${experiment_id}", "")
             .replace("$__rate_interval", "1m")
             .replace("$__interval", "1m");
-        let result = query(prometheus, &concrete);
+        let result = prometheus.vector(&concrete);
         assert!(
             !result.is_empty(),
             "dashboard panel {title:?}: `{concrete}` finds samples"
