@@ -32,6 +32,11 @@ fn millis(d: Duration) -> f64 {
 /// How many windows past the current one [`VariantStore::housekeep`] prepares.
 const AHEAD: u64 = 2;
 
+/// How many turns a recorder spins while another zeroes the slot it needs (zeroing takes a
+/// few microseconds; this bound is far above that, and keeps a stalled zeroer from
+/// holding recorders up).
+const SPIN_TURNS: u32 = 100_000;
+
 /// The windows of every experiment variant, and the clock that numbers them.
 pub struct VariantStore {
     clock: WindowClock,
@@ -250,11 +255,17 @@ impl VariantCell {
     }
 
     /// Makes the slot of window `w` hold `w`, zeroing it when it holds an older window.
-    /// `None` when it holds a newer window or another thread is zeroing it. Never waits.
+    /// `None` when it holds a newer window. When another thread is zeroing it for `w`
+    /// (a few microseconds, at most once per window, and only when housekeeping fell
+    /// behind), waits for that by spinning a bounded number of turns rather than lose the
+    /// sample; past the bound the sample is dropped (and counted).
     fn claim(&self, w: u64) -> Option<&WindowAcc> {
         let acc = &self.ring[(w % self.ring.len() as u64) as usize];
         let want = w + 1;
-        let seen = acc.epoch.load(Ordering::Acquire);
+        let mut seen = acc.epoch.load(Ordering::Acquire);
+        if seen == RESETTING {
+            seen = wait_reset(acc);
+        }
         if seen == want {
             return Some(acc);
         }
@@ -266,7 +277,7 @@ impl VariantCell {
             .compare_exchange(seen, RESETTING, Ordering::Acquire, Ordering::Acquire)
             .is_err()
         {
-            return (acc.epoch.load(Ordering::Acquire) == want).then_some(acc);
+            return (wait_reset(acc) == want).then_some(acc);
         }
         // Readers that see a zeroed counter will see RESETTING or the new epoch after it.
         fence(Ordering::Release);
@@ -305,3 +316,16 @@ impl VariantCell {
 
 #[cfg(test)]
 mod tests;
+
+/// The slot's epoch once no thread is zeroing it (spinning a bounded number of turns; a
+/// zeroing takes a few microseconds), or `RESETTING` if it still is.
+fn wait_reset(acc: &WindowAcc) -> u64 {
+    for _ in 0..SPIN_TURNS {
+        let epoch = acc.epoch.load(Ordering::Acquire);
+        if epoch != RESETTING {
+            return epoch;
+        }
+        std::hint::spin_loop();
+    }
+    acc.epoch.load(Ordering::Acquire)
+}
