@@ -326,18 +326,23 @@ impl Controller {
                 }
             }
         };
-        if let Some(t) = self.lock().get_mut(id) {
-            t.failures = 0;
-        }
         let mut decision = step(&spec, &state, &observations, now);
         if let Decision::Promote { variant, reason } = &decision {
             if let Err(refusal) =
                 ask_gates(&spec, GateKind::ConfirmPromotion, &state, Some(&decision)).await
             {
+                if !refusal.answered {
+                    // A gate that cannot be reached is a failed analysis, not a "no".
+                    return self.fail(&spec, now, format!("confirm-promotion {refusal}"));
+                }
                 decision = Decision::Hold {
                     reason: format!("{reason}; but confirm-promotion {refusal}, so {variant} is not promoted yet"),
                 };
             }
+        }
+        // A whole analysis went through: the run of failures is over.
+        if let Some(t) = self.lock().get_mut(id) {
+            t.failures = 0;
         }
         self.note_analysis(
             id,
@@ -628,6 +633,8 @@ struct GateRefusal {
     name: String,
     /// The gate answered 2xx (for a rollback gate: "roll back").
     asked: bool,
+    /// The gate answered at all (a refusal), rather than failing or timing out.
+    answered: bool,
     why: String,
 }
 
@@ -675,6 +682,7 @@ async fn ask_gates(
                 return Err(GateRefusal {
                     name: gate.name.clone(),
                     asked: true,
+                    answered: true,
                     why: format!("answered {status}: roll back"),
                 })
             }
@@ -684,6 +692,7 @@ async fn ask_gates(
                 return Err(GateRefusal {
                     name: gate.name.clone(),
                     asked: false,
+                    answered: true,
                     why: format!("refused ({status})"),
                 })
             }
@@ -691,6 +700,7 @@ async fn ask_gates(
                 return Err(GateRefusal {
                     name: gate.name.clone(),
                     asked: false,
+                    answered: false,
                     why: format!("failed: {e}"),
                 })
             }

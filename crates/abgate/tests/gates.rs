@@ -279,3 +279,33 @@ fn a_refused_promotion_holds_until_the_gate_agrees() {
     assert_eq!(promoted["phase"], "promoted", "{promoted}");
     assert_eq!(promoted["winner"], "v1-1");
 }
+
+#[test]
+fn an_unreachable_confirm_promotion_gate_fails_analyses_and_rolls_back_at_the_limit() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut processes = Processes::new(dir.path());
+    // Nothing listens there: the gate cannot answer, which is a failure, not a refusal.
+    let url = format!("http://127.0.0.1:{}/hook", common::free_port());
+    let extra = format!(
+        "  canary: {{stepWeight: 50, maxWeight: 50}}\n  analysis: {{minSamples: 5}}\n  failureLimit: 2\n  gates:\n  - {{name: release-manager, type: confirm-promotion, url: {url}, timeout: 1s}}\n"
+    );
+    let gateway = setup(&mut processes, dir.path(), &extra, 5);
+    let load = || {
+        for _ in 0..4 {
+            chat(gateway.http, Some(ID));
+        }
+    };
+    let summary = wait_until(&gateway, Duration::from_secs(20), load, |s| {
+        s["phase"] == "rolled_back"
+    });
+    assert_eq!(summary["phase"], "rolled_back", "{summary}");
+    let reason = last_decision(&gateway)["reason"]
+        .as_str()
+        .unwrap_or("")
+        .to_owned();
+    assert!(
+        reason.contains("failureLimit 2")
+            && reason.contains("confirm-promotion gate release-manager failed"),
+        "{reason}"
+    );
+}
