@@ -249,7 +249,7 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 
 /// `(prompt_tokens, completion_tokens)` of a JSON object's `usage`, parsed only when the
 /// text holds a `usage` object.
-fn usage_of(json: &[u8]) -> Option<(u64, u64)> {
+pub(crate) fn usage_of(json: &[u8]) -> Option<(u64, u64)> {
     find(json, b"\"usage\":{").or_else(|| find(json, b"\"usage\": {"))?;
     #[derive(serde::Deserialize)]
     struct Usage {

@@ -896,27 +896,77 @@ fn retriable_status(on: &RetryOn, status: StatusCode, headers: &HeaderMap) -> bo
 /// touches the client's response. The Host gets `-shadow`, as Envoy does.
 fn mirror_request(
     shared: &Shared,
-    cluster: &Arc<Cluster>,
+    mirror: &Target,
     template: &UpstreamRequest,
     body: Bytes,
     timeout: Option<Duration>,
 ) {
+    let cluster = &mirror.cluster;
     if cluster.unavailable.is_some() || cluster.endpoints.is_empty() {
         return;
     }
     let index = cluster.balancer.pick(&cluster.endpoints, None, &mut draw);
     let endpoint = Arc::clone(&cluster.endpoints[index]);
+    let series = mirror.series.get(index).cloned();
     let shadow = shadow_host(&template.authority);
+    let request_bytes = body.len() as u64;
     let request = template.build(&endpoint, UpstreamBody::full(body), Some(&shadow));
     let client = shared.client.clone();
     let limit = timeout.unwrap_or(Duration::from_secs(30));
     tokio::spawn(async move {
         let _in_flight = endpoint.start();
-        if let Ok(Ok(response)) = tokio::time::timeout(limit, client.request(request)).await {
-            // Drain so the connection returns to the pool.
-            let _ = tokio::time::timeout(limit, response.into_body().collect()).await;
+        let started = std::time::Instant::now();
+        // The shadow's answer is measured (as Istio measures mirrored requests) and then
+        // dropped; the connection goes back to the pool once the body is drained.
+        let (code, flags, body) = match tokio::time::timeout(limit, client.request(request)).await {
+            Ok(Ok(response)) => {
+                let code = response.status().as_u16();
+                match tokio::time::timeout(limit, response.into_body().collect()).await {
+                    Ok(Ok(collected)) => (code, ResponseFlags::NONE, collected.to_bytes()),
+                    Ok(Err(_)) => (code, ResponseFlags::UC, Bytes::new()),
+                    Err(_) => (code, ResponseFlags::UT, Bytes::new()),
+                }
+            }
+            Ok(Err(e)) if e.is_connect() => (0, ResponseFlags::UF, Bytes::new()),
+            Ok(Err(_)) => (0, ResponseFlags::UC, Bytes::new()),
+            Err(_) => (0, ResponseFlags::UT, Bytes::new()),
+        };
+        if let Some(series) = series {
+            record_shadow(&series, code, flags, started, request_bytes, &body);
         }
     });
+}
+
+/// Records a mirrored request and, for a completion, its LLM figures.
+fn record_shadow(
+    series: &DestinationSeries,
+    code: u16,
+    flags: ResponseFlags,
+    started: std::time::Instant,
+    request_bytes: u64,
+    body: &[u8],
+) {
+    let now = std::time::Instant::now();
+    let e2e = now.saturating_duration_since(started);
+    series.record_request(&abgate_telemetry::RequestRecord {
+        code,
+        flags,
+        protocol: RequestProtocol::Http,
+        duration: e2e,
+        request_bytes,
+        response_bytes: body.len() as u64,
+        at: now,
+    });
+    if let Some((prompt_tokens, completion_tokens)) = crate::meter::usage_of(body) {
+        series.record_llm(&abgate_telemetry::LlmRecord {
+            ttft: None,
+            e2e,
+            prompt_tokens,
+            completion_tokens,
+            success: (200..300).contains(&code) && flags.is_empty(),
+            at: now,
+        });
+    }
 }
 
 /// `host:port` → `host-shadow:port`.

@@ -79,3 +79,82 @@ async fn rollback_takes_effect_on_the_very_next_request() {
     assert!(running.experiments().is_empty());
     gw.stop().await;
 }
+
+const MIRROR_EXPERIMENT: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: models, namespace: default}
+spec:
+  hosts: [models.local]
+  http:
+  - route: [{destination: {host: models.backend, subset: v1}}]
+---
+apiVersion: abgate.dev/v1alpha1
+kind: Experiment
+metadata: {name: shadow, namespace: default}
+spec:
+  host: models.backend
+  baseline: base
+  strategy: mirror
+  variants:
+  - {name: base, subset: v1, weight: 100}
+  - {name: cand, subset: v2, weight: 0}
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mirror_experiment_shadows_every_request_to_the_candidate_and_measures_it() {
+    let base = Sim::model("base-model").await;
+    let cand = support::Backend::spawn("cand", |_, _| {
+        support::Answer::Status(
+            200,
+            r#"{"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":7,"total_tokens":10}}"#
+                .into(),
+        )
+    })
+    .await;
+    let yaml = Mesh::new()
+        .service(
+            "models.backend",
+            &[(base.port(), "v1"), (cand.port(), "v2")],
+        )
+        .subsets("models.backend", &["v1", "v2"])
+        .doc(MIRROR_EXPERIMENT)
+        .yaml();
+    let gw = Gateway::start(&yaml).await;
+    for _ in 0..10 {
+        let reply = gw.http.chat(&[]).await;
+        assert_eq!(reply.status, 200);
+        assert_eq!(
+            reply.header("x-variant"),
+            Some("base"),
+            "users only see the baseline"
+        );
+        assert_eq!(reply.json()["model"], "base-model");
+    }
+    assert_eq!(
+        cand.wait_for(10, std::time::Duration::from_secs(5)).await,
+        10
+    );
+    assert!(cand
+        .requests()
+        .iter()
+        .all(|r| r.host() == Some("models.local-shadow")));
+
+    // The shadow answers are counted under the candidate's variant.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    let count = |text: &str| -> f64 {
+        text.lines()
+            .filter(|l| {
+                l.starts_with("llm_tokens_generated_total{") && l.contains("variant=\"cand\"")
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let mut text = gw.running().telemetry().render();
+    while count(&text) < 70.0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        text = gw.running().telemetry().render();
+    }
+    assert_eq!(count(&text), 70.0, "10 shadow answers of 7 tokens: {text}");
+    gw.stop().await;
+}

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use abgate_config::model::{
     CorsPolicy, Destination, Experiment, Fault, HeaderOps, HeaderRules, KeySource, MatchBlock,
-    Protocol, Redirect, RetryPolicy, Rewrite, RouteAction, ServerTls, VirtualService,
+    Protocol, Redirect, RetryPolicy, Rewrite, RouteAction, ServerTls, Strategy, VirtualService,
 };
 use abgate_config::{Config, ServiceView};
 use abgate_telemetry::{DestinationLabels, Telemetry};
@@ -85,7 +85,7 @@ pub struct Route {
     /// Fault injection.
     pub fault: Option<Fault>,
     /// Mirror clusters and the percentage each gets.
-    pub mirrors: Vec<(Arc<Cluster>, f64)>,
+    pub mirrors: Vec<(Target, f64)>,
     /// CORS.
     pub cors: Option<CorsPolicy>,
     /// The experiment that installed this rule.
@@ -491,7 +491,17 @@ impl Builder<'_> {
                     mirrors: rule
                         .mirrors
                         .iter()
-                        .map(|m| (self.cluster(&m.destination), m.percentage))
+                        .map(|m| {
+                            let cluster = self.cluster(&m.destination);
+                            let target = self.target(
+                                cluster,
+                                0,
+                                HeaderRules::default(),
+                                &vs.meta.namespace,
+                                None,
+                            );
+                            (target, m.percentage)
+                        })
                         .collect(),
                     cors: rule.cors.clone(),
                     experiment: None,
@@ -538,6 +548,33 @@ impl Builder<'_> {
             .stickiness
             .as_ref()
             .map(|s| (s.source.clone(), s.salt.clone()));
+        // A mirror experiment's candidates get a shadow copy of every request its users
+        // send (they only ever see the baseline's answers), measured under their variant.
+        let mirrors = if e.strategy == Strategy::Mirror {
+            e.variants
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| *i != e.baseline)
+                .map(|(_, v)| {
+                    let destination = Destination {
+                        host: e.host.clone(),
+                        subset: Some(v.subset.clone()),
+                        port: None,
+                    };
+                    let cluster = self.cluster(&destination);
+                    let target = self.target(
+                        cluster,
+                        0,
+                        HeaderRules::default(),
+                        &e.meta.namespace,
+                        Some((&e.id, &v.name)),
+                    );
+                    (target, 100.0)
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         Route {
             name: format!("experiment-{}", e.id).into(),
             matches: e.matches.clone(),
@@ -551,7 +588,7 @@ impl Builder<'_> {
                 ..RetryPolicy::istio_default()
             },
             fault: None,
-            mirrors: Vec::new(),
+            mirrors,
             cors: None,
             experiment: Some(e.id.as_str().into()),
         }
