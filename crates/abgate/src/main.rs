@@ -8,6 +8,7 @@ mod demo;
 mod experiment_cli;
 mod prometheus_source;
 mod serve;
+mod stats_cli;
 
 use std::process::ExitCode;
 
@@ -31,6 +32,8 @@ enum Command {
     Sim(abgate_sim::SimArgs),
     /// Manage experiments through a running gateway's admin API.
     Experiment(experiment_cli::ExperimentArgs),
+    /// Offline statistics: SRM checks and A/B comparisons from sufficient statistics.
+    Stats(stats_cli::StatsArgs),
     /// Run the end-to-end demo (simulated models, gateway, load, canary experiment).
     Demo(demo::DemoArgs),
 }
@@ -44,6 +47,7 @@ fn main() -> ExitCode {
         Command::Sim(args) => run_async(abgate_sim::run(args)),
         Command::Demo(args) => demo::run(args),
         Command::Experiment(args) => experiment_cli::run(args),
+        Command::Stats(args) => stats_cli::run(args),
     }
 }
 
