@@ -1,5 +1,6 @@
-//! The admin listener: health, readiness, Prometheus metrics, and the API that the binary
-//! installs (experiments), each on its own path.
+//! The admin listener: health, readiness, Prometheus metrics, the clusters' endpoints and
+//! their outlier-detection state (`/endpoints`), and the API that the binary installs
+//! (experiments), each on its own path.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -17,10 +18,12 @@ use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use abgate_router::{now_ms, Cluster, RouteTable};
 use abgate_telemetry::Telemetry;
 
 use crate::body::ProxyBody;
 use crate::error::error_response;
+use crate::service::Shared;
 
 /// Largest request body the admin API accepts.
 const MAX_API_BODY: usize = 1 << 20;
@@ -67,8 +70,20 @@ async fn route(
     ready: Arc<AtomicBool>,
     telemetry: Arc<Telemetry>,
     api: ApiSlot,
+    shared: Arc<Shared>,
 ) -> Response<ProxyBody> {
     match req.uri().path() {
+        "/endpoints" => {
+            let table = shared.table.load();
+            let mut r = Response::new(ProxyBody::full(Bytes::from(
+                endpoints_json(&table).to_string(),
+            )));
+            r.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/json"),
+            );
+            r
+        }
         "/metrics" => {
             let mut r = Response::new(ProxyBody::full(telemetry.render()));
             r.headers_mut().insert(
@@ -124,6 +139,7 @@ pub async fn serve(
     ready: Arc<AtomicBool>,
     telemetry: Arc<Telemetry>,
     api: ApiSlot,
+    shared: Arc<Shared>,
     mut stopped: watch::Receiver<bool>,
 ) {
     let builder = auto::Builder::new(TokioExecutor::new());
@@ -138,6 +154,7 @@ pub async fn serve(
         let ready = Arc::clone(&ready);
         let telemetry = Arc::clone(&telemetry);
         let api = Arc::clone(&api);
+        let shared = Arc::clone(&shared);
         let connection = builder
             .serve_connection(
                 TokioIo::new(stream),
@@ -147,6 +164,7 @@ pub async fn serve(
                         Arc::clone(&ready),
                         Arc::clone(&telemetry),
                         Arc::clone(&api),
+                        Arc::clone(&shared),
                     );
                     async move { Ok::<_, std::convert::Infallible>(response.await) }
                 }),
@@ -154,4 +172,75 @@ pub async fn serve(
             .into_owned();
         tokio::spawn(connection);
     }
+}
+
+/// `GET /endpoints`: every cluster the routes send to, its circuit breakers and each
+/// endpoint's state (in rotation or ejected until when, consecutive errors, requests in
+/// flight), like Envoy's `/clusters`, as JSON.
+pub(crate) fn endpoints_json(table: &RouteTable) -> serde_json::Value {
+    let now = now_ms();
+    let wall = std::time::SystemTime::now();
+    let clusters: Vec<serde_json::Value> = table
+        .clusters
+        .iter()
+        .map(|c| cluster_json(c, now, wall))
+        .collect();
+    serde_json::json!({ "clusters": clusters })
+}
+
+fn cluster_json(c: &Cluster, now: u64, wall: std::time::SystemTime) -> serde_json::Value {
+    let limit = |v: u32| (v != u32::MAX).then_some(v);
+    let stats = c.state.stats();
+    let outlier = c.policy.outlier_detection.as_ref().map(|o| {
+        serde_json::json!({
+            "consecutive5xxErrors": o.consecutive_5xx_errors,
+            "consecutiveGatewayErrors": o.consecutive_gateway_errors,
+            "interval": humantime::format_duration(o.interval).to_string(),
+            "baseEjectionTime": humantime::format_duration(o.base_ejection_time).to_string(),
+            "maxEjectionPercent": o.max_ejection_percent,
+            "minHealthPercent": o.min_health_percent,
+        })
+    });
+    let endpoints: Vec<serde_json::Value> = c
+        .endpoints
+        .iter()
+        .map(|e| {
+            let state = e.state(now);
+            let until = state.ejected_until.map(|u| {
+                let left = std::time::Duration::from_millis(u.saturating_sub(now));
+                humantime::format_rfc3339_millis(wall + left).to_string()
+            });
+            serde_json::json!({
+                "address": e.authority,
+                "labels": e.labels,
+                "health": if until.is_some() { "ejected" } else { "healthy" },
+                "ejectedUntil": until,
+                "ejectedForMs": state.ejected_until.map(|u| u.saturating_sub(now)),
+                "ejections": state.ejections,
+                "ejectionBackoff": state.ejection_backoff,
+                "consecutive5xx": state.consecutive_5xx,
+                "consecutiveGatewayErrors": state.consecutive_gateway_errors,
+                "activeRequests": state.active,
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "name": c.name(),
+        "host": c.host,
+        "subset": c.subset,
+        "port": c.port,
+        "unavailable": c.unavailable.as_ref().map(|u| format!("{u:?}")),
+        "circuitBreakers": {
+            "http2MaxRequests": limit(c.limits.max_requests),
+            "maxConnections": limit(c.limits.max_connections),
+            "http1MaxPendingRequests": limit(c.limits.max_pending),
+            "maxRetries": limit(c.limits.max_retries),
+            "activeRequests": stats.active,
+            "pendingRequests": stats.pending,
+            "activeRetries": stats.retries,
+            "overflows": stats.overflows,
+        },
+        "outlierDetection": outlier,
+        "endpoints": endpoints,
+    })
 }

@@ -3,6 +3,8 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -11,7 +13,7 @@ use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 
-use abgate_router::InFlight;
+use abgate_router::{InFlight, Slot};
 use abgate_telemetry::ResponseFlags;
 
 use crate::meter::Meter;
@@ -33,6 +35,7 @@ pin_project! {
             #[pin]
             deadline: Option<Sleep>,
             in_flight: Option<InFlight>,
+            slot: Option<Slot>,
             meter: Option<Meter>,
         },
     }
@@ -54,12 +57,18 @@ impl ProxyBody {
 
     /// An upstream body that is cut at `deadline` with an error (so the client's stream is
     /// reset, as Envoy resets a response its route timeout interrupts) and counts as in
-    /// flight until it ends.
-    pub fn stream(inner: Incoming, deadline: Option<Instant>, in_flight: Option<InFlight>) -> Self {
+    /// flight (at its endpoint, and in its cluster's circuit breakers) until it ends.
+    pub fn stream(
+        inner: Incoming,
+        deadline: Option<Instant>,
+        in_flight: Option<InFlight>,
+        slot: Option<Slot>,
+    ) -> Self {
         ProxyBody::Stream {
             inner,
             deadline: deadline.map(tokio::time::sleep_until),
             in_flight,
+            slot,
             meter: None,
         }
     }
@@ -72,11 +81,13 @@ impl ProxyBody {
                 inner,
                 deadline,
                 in_flight,
+                slot,
                 ..
             } if !inner.is_end_stream() => ProxyBody::Stream {
                 inner,
                 deadline,
                 in_flight,
+                slot,
                 meter: Some(meter),
             },
             other => {
@@ -104,11 +115,13 @@ impl Body for ProxyBody {
                 mut inner,
                 deadline,
                 in_flight,
+                slot,
                 meter,
             } => {
                 if let Some(deadline) = deadline.as_pin_mut() {
                     if deadline.poll(cx).is_ready() {
                         in_flight.take();
+                        slot.take();
                         if let Some(mut m) = meter.take() {
                             m.flag(ResponseFlags::UT);
                             m.finish();
@@ -125,6 +138,7 @@ impl Body for ProxyBody {
                 match inner.as_mut().poll_frame(cx) {
                     Poll::Ready(None) => {
                         in_flight.take();
+                        slot.take();
                         if let Some(m) = meter.take() {
                             m.finish();
                         }
@@ -132,6 +146,7 @@ impl Body for ProxyBody {
                     }
                     Poll::Ready(Some(Err(e))) => {
                         in_flight.take();
+                        slot.take();
                         if let Some(mut m) = meter.take() {
                             m.flag(ResponseFlags::UC);
                             m.finish();
@@ -144,6 +159,7 @@ impl Body for ProxyBody {
                         }
                         if inner.is_end_stream() {
                             in_flight.take();
+                            slot.take();
                             if let Some(m) = meter.take() {
                                 m.finish();
                             }
@@ -181,13 +197,19 @@ impl Body for ProxyBody {
 
 pin_project! {
     /// A request body sent upstream: buffered (so it can be retried and mirrored) or the
-    /// client's stream passed through (too large to buffer, so sent once).
+    /// client's stream passed through (too large to buffer, so sent once), cut with an
+    /// error once it grows past the request body limit.
     #[project = UpstreamBodyProj]
     pub enum UpstreamBody {
         /// Buffered.
         Full { data: Option<Bytes> },
         /// Streamed from the client.
-        Stream { #[pin] inner: Incoming },
+        Stream {
+            #[pin]
+            inner: Incoming,
+            left: u64,
+            too_large: Option<Arc<AtomicBool>>,
+        },
     }
 }
 
@@ -198,26 +220,60 @@ impl UpstreamBody {
             data: (!data.is_empty()).then_some(data),
         }
     }
+
+    /// The client's body, streamed, and cut with an error (setting `too_large`) once more
+    /// than `limit` bytes came.
+    pub fn limited(inner: Incoming, limit: u64, too_large: Arc<AtomicBool>) -> Self {
+        UpstreamBody::Stream {
+            inner,
+            left: limit,
+            too_large: Some(too_large),
+        }
+    }
 }
+
+/// The request body grew past the limit.
+#[derive(Debug, thiserror::Error)]
+#[error("request body exceeds the limit")]
+pub struct BodyLimitExceeded;
 
 impl Body for UpstreamBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.project() {
             UpstreamBodyProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
-            UpstreamBodyProj::Stream { inner } => inner.poll_frame(cx),
+            UpstreamBodyProj::Stream {
+                inner,
+                left,
+                too_large,
+            } => match inner.poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    let len = frame.data_ref().map_or(0, |d| d.len() as u64);
+                    if len > *left {
+                        if let Some(flag) = too_large {
+                            flag.store(true, Ordering::Release);
+                        }
+                        return Poll::Ready(Some(Err(Box::new(BodyLimitExceeded))));
+                    }
+                    *left -= len;
+                    Poll::Ready(Some(Ok(frame)))
+                }
+                Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
+                Poll::Ready(None) => Poll::Ready(None),
+                Poll::Pending => Poll::Pending,
+            },
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
             UpstreamBody::Full { data } => data.is_none(),
-            UpstreamBody::Stream { inner } => inner.is_end_stream(),
+            UpstreamBody::Stream { inner, .. } => inner.is_end_stream(),
         }
     }
 
@@ -226,7 +282,7 @@ impl Body for UpstreamBody {
             UpstreamBody::Full { data } => {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
-            UpstreamBody::Stream { inner } => inner.size_hint(),
+            UpstreamBody::Stream { inner, .. } => inner.size_hint(),
         }
     }
 }

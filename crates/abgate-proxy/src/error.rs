@@ -22,7 +22,7 @@ pub enum ProxyError {
     #[error("request body exceeds {limit} bytes")]
     BodyTooLarge {
         /// The limit.
-        limit: usize,
+        limit: u64,
     },
     /// No server, virtual host or rule takes the request (`NR`).
     #[error("no route for host {host} and path {path}")]
@@ -60,6 +60,22 @@ pub enum ProxyError {
         /// Why.
         reason: String,
     },
+    /// The upstream answered something that is not HTTP (`UPE`).
+    #[error("upstream {endpoint} answered with a protocol error: {reason}")]
+    UpstreamProtocol {
+        /// `address:port`.
+        endpoint: String,
+        /// Why.
+        reason: String,
+    },
+    /// The cluster's circuit breakers refused the request (`UO`).
+    #[error("upstream overflow: the connection pool of {cluster} is full ({reason})")]
+    Overflow {
+        /// `host` or `host/subset`.
+        cluster: String,
+        /// Which limit.
+        reason: String,
+    },
     /// The route or per-try timeout passed before the response began (`UT`).
     #[error("upstream request timeout after {0:?}")]
     Timeout(std::time::Duration),
@@ -75,10 +91,12 @@ impl ProxyError {
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::NoRoute { .. } => StatusCode::NOT_FOUND,
+            ProxyError::UpstreamProtocol { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::NoCluster { .. }
             | ProxyError::NoHealthyUpstream { .. }
             | ProxyError::ConnectFailure { .. }
-            | ProxyError::UpstreamReset { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            | ProxyError::UpstreamReset { .. }
+            | ProxyError::Overflow { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::FaultAbort(code) => {
                 StatusCode::from_u16(*code).unwrap_or(StatusCode::SERVICE_UNAVAILABLE)
@@ -95,6 +113,8 @@ impl ProxyError {
             ProxyError::NoHealthyUpstream { .. } => ResponseFlags::UH,
             ProxyError::ConnectFailure { .. } => ResponseFlags::UF,
             ProxyError::UpstreamReset { .. } => ResponseFlags::UC,
+            ProxyError::Overflow { .. } => ResponseFlags::UO,
+            ProxyError::UpstreamProtocol { .. } => ResponseFlags::UPE,
             ProxyError::Timeout(_) => ResponseFlags::UT,
             ProxyError::FaultAbort(_) => ResponseFlags::FI,
         }
@@ -121,6 +141,8 @@ impl ProxyError {
             ProxyError::NoHealthyUpstream { .. } => "no_healthy_upstream",
             ProxyError::ConnectFailure { .. } => "upstream_connect_failure",
             ProxyError::UpstreamReset { .. } => "upstream_reset",
+            ProxyError::Overflow { .. } => "upstream_overflow",
+            ProxyError::UpstreamProtocol { .. } => "upstream_protocol_error",
             ProxyError::Timeout(_) => "upstream_timeout",
             ProxyError::FaultAbort(_) => "fault_injected",
         }

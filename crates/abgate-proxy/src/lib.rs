@@ -12,6 +12,7 @@ mod meter;
 mod observe;
 mod service;
 mod tls;
+mod upstream;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -24,7 +25,7 @@ use abgate_config::Config;
 use abgate_router::{BuildOptions, RouteTable};
 use abgate_telemetry::Telemetry;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
@@ -55,6 +56,63 @@ pub struct ServeOptions {
     pub otlp_endpoint: Option<String>,
     /// Length of the per-variant store's windows (`None`: the store's default).
     pub analysis_window: Option<Duration>,
+}
+
+/// Limits on what clients may send, so that hostile or broken input costs little and
+/// gets a clear answer. Every field has a default ([`Limits::default`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest HTTP/1.1 request head (request line and headers), in bytes: hyper answers
+    /// `431` and closes the connection. At least 8 KiB (hyper's smallest read buffer).
+    /// For HTTP/2 it is the advertised `SETTINGS_MAX_HEADER_LIST_SIZE`.
+    pub max_header_bytes: usize,
+    /// Most HTTP/1.1 request headers: beyond, hyper answers `431`.
+    pub max_headers: usize,
+    /// Largest request body, in bytes: `413` at once when `Content-Length` says more,
+    /// and while streaming when a chunked body grows past it.
+    pub max_request_body: u64,
+    /// Time a client has to send a complete HTTP/1.1 request head, from when the
+    /// connection waits for one, which is also after each response on a kept-alive
+    /// connection (so this is the idle timeout of HTTP/1.1 connections too). hyper
+    /// closes the connection (it sends no `408`).
+    pub header_read_timeout: Duration,
+    /// Streams a client may have open at once on one HTTP/2 connection
+    /// (`SETTINGS_MAX_CONCURRENT_STREAMS`).
+    pub max_concurrent_streams: u32,
+}
+
+impl Default for Limits {
+    /// 60 KiB of headers and 100 of them (Envoy's `max_request_headers_kb` and
+    /// `max_headers_count` defaults), 10 MiB of body, 30 s to send a head (hyper's
+    /// default), 256 streams per HTTP/2 connection.
+    fn default() -> Self {
+        Self {
+            max_header_bytes: 60 << 10,
+            max_headers: 100,
+            max_request_body: 10 << 20,
+            header_read_timeout: Duration::from_secs(30),
+            max_concurrent_streams: 256,
+        }
+    }
+}
+
+impl Limits {
+    /// The server connection builder these limits configure.
+    fn builder(&self) -> auto::Builder<TokioExecutor> {
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(self.header_read_timeout)
+            .max_buf_size(self.max_header_bytes.max(8192))
+            .max_headers(self.max_headers);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(self.max_concurrent_streams)
+            .max_header_list_size(u32::try_from(self.max_header_bytes).unwrap_or(u32::MAX));
+        builder
+    }
 }
 
 /// A running gateway: its bound addresses and the handles to reload or stop it.
@@ -303,8 +361,18 @@ impl Live {
     }
 }
 
-/// Binds every listener the configuration asks for and starts serving.
+/// Binds every listener the configuration asks for and starts serving, with the default
+/// [`Limits`].
 pub async fn start(config: &Config, options: &ServeOptions) -> std::io::Result<Running> {
+    start_with(config, options, &Limits::default()).await
+}
+
+/// [`start`] with the given limits on client input.
+pub async fn start_with(
+    config: &Config,
+    options: &ServeOptions,
+    limits: &Limits,
+) -> std::io::Result<Running> {
     // A plain listener given by flag is bound first: its real port (maybe from :0) is the
     // route table's port for plain HTTP.
     let plain = match options.listen {
@@ -381,7 +449,9 @@ pub async fn start(config: &Config, options: &ServeOptions) -> std::io::Result<R
 
     let observers =
         Observers::start(options.access_log.clone(), options.otlp_endpoint.as_deref()).await?;
-    let shared = Arc::new(Shared::new(table, Arc::clone(&telemetry), observers));
+    let mut shared = Shared::new(table, Arc::clone(&telemetry), observers);
+    shared.max_request_body = limits.max_request_body;
+    let shared = Arc::new(shared);
     let ready = Arc::new(AtomicBool::new(false));
     let (stop, stopped) = watch::channel(false);
     let mut tasks = JoinSet::new();
@@ -393,6 +463,7 @@ pub async fn start(config: &Config, options: &ServeOptions) -> std::io::Result<R
             port,
             tls_config,
             Arc::clone(&shared),
+            Arc::new(limits.builder()),
             stopped.clone(),
         ));
     }
@@ -404,6 +475,7 @@ pub async fn start(config: &Config, options: &ServeOptions) -> std::io::Result<R
         Arc::clone(&ready),
         Arc::clone(&telemetry),
         Arc::clone(&api),
+        Arc::clone(&shared),
         stopped.clone(),
     ));
     tasks.spawn(housekeep(Arc::clone(&telemetry), stopped.clone()));
@@ -460,11 +532,11 @@ async fn accept_loop(
     port: u16,
     tls: Option<Arc<rustls::ServerConfig>>,
     shared: Arc<Shared>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
     mut stopped: watch::Receiver<bool>,
 ) {
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     let graceful = GracefulShutdown::new();
-    let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
     // Connections are owned here, so that aborting this task (when the grace period is
     // over) closes them too.
     let mut connections = JoinSet::new();

@@ -9,8 +9,8 @@ use abgate_config::model::{
     UriRewrite,
 };
 use abgate_router::{
-    hash64, host_of, Action, Cluster, Endpoint, RequestView, Route, RouteTable, Target,
-    Unavailable, MODEL_HEADER,
+    hash64, host_of, now_ms, Action, Admission, Cluster, Endpoint, Outcome, RequestView, Route,
+    RouteTable, Target, Unavailable, MODEL_HEADER,
 };
 use abgate_telemetry::{
     DestinationLabels, DestinationSeries, RequestProtocol, ResponseFlags, Telemetry,
@@ -21,8 +21,6 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{request, Method, Request, Response, StatusCode, Uri};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
 use tokio::time::Instant;
 
 use crate::body::{ProxyBody, UpstreamBody};
@@ -31,6 +29,7 @@ use crate::error::{ProxyError, FLAGS_HEADER};
 use crate::headers::{apply_request_ops, apply_response_ops, strip_hop_by_hop};
 use crate::meter::{LlmKind, Meter};
 use crate::observe::{Observers, RequestInfo};
+use crate::upstream::{Budget, Clients, UpstreamClient};
 
 /// Request bodies up to this size are buffered so that they can be retried, mirrored, or
 /// read for their `model`; larger ones stream through once.
@@ -40,12 +39,12 @@ pub const DEFAULT_BUFFER_LIMIT: usize = 1 << 20;
 pub struct Shared {
     /// The live routing snapshot, swapped whole on reload.
     pub table: ArcSwap<RouteTable>,
-    /// The upstream connection pool (HTTP/1.1).
-    pub client: Client<HttpConnector, UpstreamBody>,
-    /// The upstream connection pool for endpoints spoken to in HTTP/2 (h2c).
-    pub client_h2: Client<HttpConnector, UpstreamBody>,
+    /// The upstream connection pools: HTTP/1.1 and h2c, per connection settings.
+    pub clients: Clients,
     /// See [`DEFAULT_BUFFER_LIMIT`].
     pub buffer_limit: usize,
+    /// Largest request body accepted (`413` beyond); see [`crate::Limits`].
+    pub max_request_body: u64,
     /// Metrics and the per-variant store.
     pub telemetry: Arc<Telemetry>,
     /// The series for requests that reach no destination (no route, bad request).
@@ -57,22 +56,11 @@ pub struct Shared {
 impl Shared {
     /// Shared state around a first table, with a pooled keep-alive upstream client.
     pub fn new(table: RouteTable, telemetry: Arc<Telemetry>, observers: Observers) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(Duration::from_secs(10)));
-        connector.enforce_http(true);
-        let mut builder = Client::builder(hyper_util::rt::TokioExecutor::new());
-        builder
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_timer(hyper_util::rt::TokioTimer::new())
-            .timer(hyper_util::rt::TokioTimer::new());
-        let client = builder.build(connector.clone());
-        let client_h2 = builder.http2_only(true).build(connector);
         Self {
             table: ArcSwap::from_pointee(table),
-            client,
-            client_h2,
+            clients: Clients::default(),
             buffer_limit: DEFAULT_BUFFER_LIMIT,
+            max_request_body: crate::Limits::default().max_request_body,
             unrouted: telemetry.destination(DestinationLabels::new("unknown", "unknown")),
             telemetry,
             observers: Arc::new(observers),
@@ -209,6 +197,17 @@ async fn proxy(
     info: &mut Option<Box<RequestInfo>>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let started = Instant::now();
+    // A body declared larger than allowed is refused before anything else is read.
+    if req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+        .is_some_and(|n| n > shared.max_request_body)
+    {
+        return Err(ProxyError::BodyTooLarge {
+            limit: shared.max_request_body,
+        });
+    }
     let table = shared.table.load_full();
     let (mut parts, body) = req.into_parts();
     let authority = parts
@@ -247,7 +246,7 @@ async fn proxy(
     if vhost.reads_model && parts.method == Method::POST {
         let bytes = read_bounded(
             body.take().expect("body not taken yet"),
-            shared.buffer_limit,
+            shared.buffer_limit.min(body_limit(shared)),
         )
         .await?;
         if let Some(model) = model_of(&bytes) {
@@ -372,7 +371,7 @@ async fn proxy(
                 (None, Some(incoming))
                     if needs_buffer && fits(&parts.headers, &incoming, shared.buffer_limit) =>
                 {
-                    Some(read_bounded(incoming, shared.buffer_limit).await?)
+                    Some(read_bounded(incoming, shared.buffer_limit.min(body_limit(shared))).await?)
                 }
                 (None, Some(incoming)) => {
                     body = Some(incoming);
@@ -430,13 +429,11 @@ async fn proxy(
             let http2 = pool.is_some_and(|p| {
                 p.h2_upgrade || (p.use_client_protocol && parts.version == http::Version::HTTP_2)
             });
-            let client = if http2 {
-                &shared.client_h2
-            } else {
-                &shared.client
-            };
+            let client = shared.clients.get(pool, http2);
             let mut response = forward(
-                client,
+                shared,
+                &client,
+                !http2,
                 target,
                 &route.retries,
                 &template,
@@ -471,6 +468,11 @@ fn check_available(cluster: &Cluster) -> Result<(), ProxyError> {
     }
 }
 
+/// The body limit as a buffer size.
+fn body_limit(shared: &Shared) -> usize {
+    usize::try_from(shared.max_request_body).unwrap_or(usize::MAX)
+}
+
 /// Whether a body is small enough to buffer: its declared length, or an empty body.
 fn fits(headers: &HeaderMap, body: &Incoming, limit: usize) -> bool {
     use http_body::Body as _;
@@ -491,7 +493,9 @@ async fn read_bounded(body: Incoming, limit: usize) -> Result<Bytes, ProxyError>
             if e.downcast_ref::<http_body_util::LengthLimitError>()
                 .is_some() =>
         {
-            Err(ProxyError::BodyTooLarge { limit })
+            Err(ProxyError::BodyTooLarge {
+                limit: limit as u64,
+            })
         }
         Err(e) => Err(ProxyError::BadRequest(format!(
             "cannot read the request body: {e}"
@@ -682,10 +686,14 @@ enum Sent {
 }
 
 /// Sends to an endpoint of the cluster, retrying as the route's policy says, within the
-/// route's deadline.
+/// route's deadline. Each attempt takes a place in the cluster's circuit breakers first
+/// (`503 UO` when refused, a FIFO wait when every HTTP/1.1 connection is busy), and its
+/// outcome feeds the cluster's outlier detection.
 #[allow(clippy::too_many_arguments)]
 async fn forward(
-    client: &Client<HttpConnector, UpstreamBody>,
+    shared: &Shared,
+    client: &UpstreamClient,
+    http1: bool,
     target: &Target,
     policy: &RetryPolicy,
     template: &UpstreamRequest,
@@ -699,8 +707,13 @@ async fn forward(
     let started = Instant::now();
     let cluster = &target.cluster;
     let endpoints = &cluster.endpoints;
+    let pool = cluster.policy.connection_pool.as_ref();
     let mut tried: Vec<usize> = Vec::new();
     let mut attempt: u32 = 0;
+    // Set when a streamed request body grows past the limit.
+    let too_large = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Held from a retry's scheduling until its outcome is known (Envoy's `maxRetries`).
+    let mut _retry = None;
     // A streamed body can be sent once only.
     let attempts = if matches!(body, Sent::Stream(_)) {
         0
@@ -708,10 +721,28 @@ async fn forward(
         policy.attempts
     };
     loop {
-        let mut index = cluster.balancer.pick(endpoints, hash, &mut draw);
+        let slot = match cluster.admit(http1) {
+            Admission::Now(slot) => slot,
+            Admission::Queued(waiter) => match deadline {
+                Some(d) => tokio::time::timeout_at(d, waiter)
+                    .await
+                    .map_err(|_| ProxyError::Timeout(started.elapsed()))?,
+                None => waiter.await,
+            },
+            Admission::Overflow(why) => {
+                shared.telemetry.gateway().record_pool_overflow();
+                return Err(ProxyError::Overflow {
+                    cluster: cluster.name(),
+                    reason: why.to_string(),
+                });
+            }
+        };
+        let mut index = cluster.pick(hash, &mut draw, now_ms());
         if policy.ignore_previous_hosts && tried.contains(&index) && tried.len() < endpoints.len() {
+            let now = now_ms();
             index = (0..endpoints.len())
-                .find(|i| !tried.contains(i))
+                .find(|i| !tried.contains(i) && !endpoints[*i].is_ejected(now))
+                .or_else(|| (0..endpoints.len()).find(|i| !tried.contains(i)))
                 .unwrap_or(index);
         }
         tried.push(index);
@@ -723,7 +754,9 @@ async fn forward(
         let upstream_body = match &mut body {
             Sent::Buffered(bytes) => UpstreamBody::full(bytes.clone()),
             Sent::Stream(incoming) => match incoming.take() {
-                Some(inner) => UpstreamBody::Stream { inner },
+                Some(inner) => {
+                    UpstreamBody::limited(inner, shared.max_request_body, Arc::clone(&too_large))
+                }
                 None => UpstreamBody::full(Bytes::new()),
             },
         };
@@ -734,6 +767,7 @@ async fn forward(
                 trace.start_attempt(&endpoint.authority, request.headers_mut());
             }
         }
+        let budget = Budget::watch(pool, &mut request);
         let in_flight = endpoint.start();
         let per_try = match (policy.per_try_timeout, deadline) {
             (Some(t), Some(d)) => Some((Instant::now() + t).min(d)),
@@ -747,12 +781,24 @@ async fn forward(
             },
             None => Attempt::from_result(client.request(request).await, endpoint),
         };
+        if matches!(outcome, Attempt::Failed(_))
+            && too_large.load(std::sync::atomic::Ordering::Acquire)
+        {
+            // The client's body, not the upstream, ended the exchange.
+            return Err(ProxyError::BodyTooLarge {
+                limit: shared.max_request_body,
+            });
+        }
+        if let (Some(budget), Attempt::Response(_)) = (&budget, &outcome) {
+            budget.spend();
+        }
         if let Some(trace) = info.as_mut().and_then(|i| i.trace.as_mut()) {
             trace.end_attempt(match &outcome {
                 Attempt::Response(r) => Some(r.status().as_u16()),
                 _ => None,
             });
         }
+        report(shared, cluster, index, outcome.outlier());
         let retriable = match &outcome {
             Attempt::Response(r) => retriable_status(&policy.retry_on, r.status(), r.headers()),
             // A refused connection never sent the request: `reset-before-request` covers it.
@@ -779,17 +825,31 @@ async fn forward(
             }
         };
         let past_deadline = deadline.is_some_and(|d| Instant::now() >= d);
-        if !retriable || past_deadline || attempt >= attempts {
-            if retriable && attempt >= attempts && attempts > 0 {
-                *flags |= ResponseFlags::URX;
+        let mut give_up = !retriable || past_deadline || attempt >= attempts;
+        if retriable && attempt >= attempts && attempts > 0 {
+            *flags |= ResponseFlags::URX;
+        }
+        if !give_up {
+            // Past `maxRetries` outstanding across the cluster, Envoy answers with what it
+            // has and flags `UO`. The previous retry of this request ends here first.
+            _retry = None;
+            match cluster.try_retry() {
+                Some(token) => _retry = Some(token),
+                None => {
+                    shared.telemetry.gateway().record_pool_overflow();
+                    *flags |= ResponseFlags::UO;
+                    give_up = true;
+                }
             }
+        }
+        if give_up {
             return match outcome {
                 Attempt::Response(response) => {
                     let (mut parts, incoming) = response.into_parts();
                     strip_hop_by_hop(&mut parts.headers);
                     Ok(Response::from_parts(
                         parts,
-                        ProxyBody::stream(incoming, deadline, Some(in_flight)),
+                        ProxyBody::stream(incoming, deadline, Some(in_flight), Some(slot)),
                     ))
                 }
                 Attempt::Failed(e) => Err(e),
@@ -797,6 +857,7 @@ async fn forward(
             };
         }
         drop(in_flight);
+        drop(slot);
         attempt += 1;
         // Envoy's backoff: a random wait up to base × 2^attempt, at most ten times the base.
         let cap = policy
@@ -811,6 +872,23 @@ async fn forward(
     }
 }
 
+/// Feeds an attempt's outcome to the cluster's outlier detection; counts and logs an
+/// ejection.
+fn report(shared: &Shared, cluster: &Cluster, index: usize, outcome: Outcome) {
+    if let Some(ejection) = cluster.report(index, outcome, now_ms()) {
+        shared.telemetry.gateway().record_endpoint_ejection();
+        let endpoint = &cluster.endpoints[ejection.index];
+        tracing::warn!(
+            cluster = %cluster.name(),
+            endpoint = %endpoint.authority,
+            cause = ?ejection.cause,
+            for_ms = ejection.until.saturating_sub(now_ms()),
+            times = ejection.backoff,
+            "outlier detection ejected an endpoint"
+        );
+    }
+}
+
 enum Attempt {
     Response(Response<Incoming>),
     Failed(ProxyError),
@@ -818,6 +896,16 @@ enum Attempt {
 }
 
 impl Attempt {
+    /// What outlier detection sees.
+    fn outlier(&self) -> Outcome {
+        match self {
+            Attempt::Response(r) => Outcome::Status(r.status().as_u16()),
+            Attempt::Failed(e) if e.is_connect_failure() => Outcome::ConnectFailure,
+            Attempt::Failed(_) => Outcome::Reset,
+            Attempt::TimedOut => Outcome::Timeout,
+        }
+    }
+
     fn from_result(
         result: Result<Response<Incoming>, hyper_util::client::legacy::Error>,
         endpoint: &Endpoint,
@@ -828,12 +916,28 @@ impl Attempt {
                 endpoint: endpoint.authority.clone(),
                 reason: error_chain(&e),
             }),
+            Err(e) if is_protocol_error(&e) => Attempt::Failed(ProxyError::UpstreamProtocol {
+                endpoint: endpoint.authority.clone(),
+                reason: error_chain(&e),
+            }),
             Err(e) => Attempt::Failed(ProxyError::UpstreamReset {
                 endpoint: endpoint.authority.clone(),
                 reason: error_chain(&e),
             }),
         }
     }
+}
+
+/// Whether the upstream answered something that is not HTTP (hyper could not parse it).
+fn is_protocol_error(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source = Some(e);
+    while let Some(s) = source {
+        if let Some(h) = s.downcast_ref::<hyper::Error>() {
+            return h.is_parse() || h.is_parse_status();
+        }
+        source = s.source();
+    }
+    false
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
@@ -905,15 +1009,24 @@ fn mirror_request(
     if cluster.unavailable.is_some() || cluster.endpoints.is_empty() {
         return;
     }
-    let index = cluster.balancer.pick(&cluster.endpoints, None, &mut draw);
+    // A copy takes a place in the cluster's limits or is dropped; it never queues.
+    let Some(slot) = cluster.try_admit() else {
+        shared.telemetry.gateway().record_pool_overflow();
+        return;
+    };
+    let index = cluster.pick(None, &mut draw, now_ms());
     let endpoint = Arc::clone(&cluster.endpoints[index]);
     let series = mirror.series.get(index).cloned();
     let shadow = shadow_host(&template.authority);
     let request_bytes = body.len() as u64;
     let request = template.build(&endpoint, UpstreamBody::full(body), Some(&shadow));
-    let client = shared.client.clone();
+    let pool = cluster.policy.connection_pool.as_ref();
+    let client = shared.clients.get(pool, pool.is_some_and(|p| p.h2_upgrade));
     let limit = timeout.unwrap_or(Duration::from_secs(30));
+    let cluster = Arc::clone(cluster);
+    let telemetry = Arc::clone(&shared.telemetry);
     tokio::spawn(async move {
+        let _slot = slot;
         let _in_flight = endpoint.start();
         let started = std::time::Instant::now();
         // The shadow's answer is measured (as Istio measures mirrored requests) and then
@@ -931,6 +1044,16 @@ fn mirror_request(
             Ok(Err(_)) => (0, ResponseFlags::UC, Bytes::new()),
             Err(_) => (0, ResponseFlags::UT, Bytes::new()),
         };
+        // The copy's outcome feeds outlier detection, as any upstream request does.
+        let outcome = match (code, flags) {
+            (0, ResponseFlags::UF) => Outcome::ConnectFailure,
+            (0, ResponseFlags::UT) => Outcome::Timeout,
+            (0, _) => Outcome::Reset,
+            (code, _) => Outcome::Status(code),
+        };
+        if cluster.report(index, outcome, now_ms()).is_some() {
+            telemetry.gateway().record_endpoint_ejection();
+        }
         if let Some(series) = series {
             record_shadow(&series, code, flags, started, request_bytes, &body);
         }

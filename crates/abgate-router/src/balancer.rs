@@ -81,19 +81,36 @@ impl Balancer {
         hash: Option<u64>,
         random: &mut dyn FnMut() -> u64,
     ) -> usize {
-        let n = endpoints.len();
+        self.pick_among(endpoints, None, hash, random)
+    }
+
+    /// Like [`Balancer::pick`], restricted to the indexes in `among` (ascending, not
+    /// empty) when given: the healthy endpoints. Consistent hashing walks on from the
+    /// key's place to the next allowed endpoint, which for a ring is exactly the ring
+    /// built from the allowed endpoints alone (as Envoy rebuilds it from healthy hosts).
+    pub fn pick_among(
+        &self,
+        endpoints: &[std::sync::Arc<Endpoint>],
+        among: Option<&[usize]>,
+        hash: Option<u64>,
+        random: &mut dyn FnMut() -> u64,
+    ) -> usize {
+        let among = among.filter(|a| !a.is_empty());
+        let n = among.map_or(endpoints.len(), <[usize]>::len);
+        let at = |i: usize| among.map_or(i, |a| a[i]);
         if n <= 1 {
-            return 0;
+            return at(0);
         }
         match self {
-            Balancer::RoundRobin(next) => next.fetch_add(1, Ordering::Relaxed) % n,
-            Balancer::Random => (random() % n as u64) as usize,
+            Balancer::RoundRobin(next) => at(next.fetch_add(1, Ordering::Relaxed) % n),
+            Balancer::Random => at((random() % n as u64) as usize),
             Balancer::LeastRequest => {
                 let a = (random() % n as u64) as usize;
                 let mut b = (random() % (n as u64 - 1)) as usize;
                 if b >= a {
                     b += 1;
                 }
+                let (a, b) = (at(a), at(b));
                 if endpoints[b].active() < endpoints[a].active() {
                     b
                 } else {
@@ -102,14 +119,26 @@ impl Balancer {
             }
             Balancer::ConsistentHash { table, .. } => {
                 let h = hash.unwrap_or_else(&mut *random);
-                let index = match table {
+                let last = endpoints.len().saturating_sub(1);
+                let allowed =
+                    |e: usize| e <= last && among.is_none_or(|a| a.binary_search(&e).is_ok());
+                let found = match table {
                     HashTable::Ring(points) => {
                         let i = points.partition_point(|(p, _)| *p < h);
-                        points.get(i).or(points.first()).map_or(0, |(_, e)| *e)
+                        points[i..]
+                            .iter()
+                            .chain(&points[..i])
+                            .map(|(_, e)| *e)
+                            .find(|e| allowed(*e))
                     }
-                    HashTable::Maglev(slots) => slots[(h % slots.len() as u64) as usize],
+                    HashTable::Maglev(slots) => {
+                        let len = slots.len() as u64;
+                        (0..len)
+                            .map(|k| slots[(h.wrapping_add(k) % len) as usize])
+                            .find(|e| allowed(*e))
+                    }
                 };
-                index.min(n - 1)
+                found.unwrap_or_else(|| at((h % n as u64) as usize))
             }
         }
     }
@@ -250,6 +279,58 @@ mod tests {
                 counts.iter().all(|&c| (600..=1400).contains(&c)),
                 "{algorithm:?} {counts:?}"
             );
+        }
+    }
+
+    #[test]
+    fn picks_stay_among_the_allowed_endpoints() {
+        let eps = endpoints(4);
+        let among = [1usize, 3];
+        for policy in [
+            None,
+            Some(LoadBalancer::RoundRobin),
+            Some(LoadBalancer::Random),
+            Some(LoadBalancer::ConsistentHash(ConsistentHash {
+                key: HashKey::Header("u".into()),
+                algorithm: HashAlgorithm::RingHash {
+                    minimum_ring_size: 1024,
+                },
+            })),
+            Some(LoadBalancer::ConsistentHash(ConsistentHash {
+                key: HashKey::Header("u".into()),
+                algorithm: HashAlgorithm::Maglev { table_size: 65537 },
+            })),
+        ] {
+            let lb = Balancer::new(policy.as_ref(), &eps);
+            let mut rnd = counter();
+            let mut seen = [0usize; 4];
+            for user in 0..400 {
+                let h = hash64(format!("user-{user}").as_bytes());
+                seen[lb.pick_among(&eps, Some(&among), Some(h), &mut rnd)] += 1;
+            }
+            assert_eq!((seen[0], seen[2]), (0, 0), "{policy:?} {seen:?}");
+            assert!(seen[1] > 0 && seen[3] > 0, "{policy:?} {seen:?}");
+        }
+    }
+
+    #[test]
+    fn ring_hash_keeps_keys_of_healthy_endpoints_in_place() {
+        let eps = endpoints(3);
+        let policy = LoadBalancer::ConsistentHash(ConsistentHash {
+            key: HashKey::Header("u".into()),
+            algorithm: HashAlgorithm::RingHash {
+                minimum_ring_size: 1024,
+            },
+        });
+        let lb = Balancer::new(Some(&policy), &eps);
+        let mut rnd = counter();
+        for user in 0..500 {
+            let h = hash64(format!("user-{user}").as_bytes());
+            let all = lb.pick(&eps, Some(h), &mut rnd);
+            let without_2 = lb.pick_among(&eps, Some(&[0, 1]), Some(h), &mut rnd);
+            if all != 2 {
+                assert_eq!(all, without_2, "a key off the ejected endpoint stays put");
+            }
         }
     }
 

@@ -15,7 +15,11 @@ pub mod sticky;
 pub mod table;
 
 pub use balancer::{hash64, Balancer};
-pub use cluster::{Cluster, Endpoint, InFlight, Unavailable};
+pub use cluster::{
+    instant_of, now_ms, Admission, Cluster, ClusterState, Ejection, EjectionCause, Endpoint,
+    EndpointState, InFlight, Outcome, Overflow, PoolLimits, PoolStats, RetryToken, Slot,
+    Unavailable, Waiter,
+};
 pub use request::RequestView;
 pub use split::{Split, Target};
 pub use table::{

@@ -101,21 +101,19 @@ impl Split {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::balancer::Balancer;
     use abgate_config::model::TrafficPolicy;
     use abgate_telemetry::{DestinationLabels, Telemetry};
 
     fn target(name: &str, weight: u32) -> Target {
         Target {
-            cluster: Arc::new(Cluster {
-                host: "h".into(),
-                subset: Some(name.into()),
-                port: None,
-                endpoints: Vec::new(),
-                unavailable: None,
-                policy: TrafficPolicy::default(),
-                balancer: Balancer::Random,
-            }),
+            cluster: Arc::new(Cluster::new(
+                "h".into(),
+                Some(name.into()),
+                None,
+                Vec::new(),
+                None,
+                TrafficPolicy::default(),
+            )),
             weight,
             headers: HeaderRules::default(),
             variant: None,

@@ -13,8 +13,7 @@ use abgate_config::{Config, ServiceView};
 use abgate_telemetry::{DestinationLabels, Telemetry};
 use bytes::Bytes;
 
-use crate::balancer::Balancer;
-use crate::cluster::{Cluster, Endpoint, Unavailable};
+use crate::cluster::{Cluster, ClusterState, Endpoint, Unavailable};
 use crate::request::{rule_matches, RequestView};
 use crate::split::{Split, Target};
 
@@ -231,20 +230,33 @@ pub struct RouteTable {
     pub listeners: Vec<Listener>,
     /// Endpoints by identity, so the next table keeps their live counters.
     endpoints: HashMap<String, Arc<Endpoint>>,
+    /// Every cluster a route or mirror sends to, in the order first met.
+    pub clusters: Vec<Arc<Cluster>>,
     /// Problems met while building (the config's own diagnostics are reported elsewhere).
     pub notes: Vec<String>,
 }
 
 impl RouteTable {
-    /// Compiles a configuration. `previous` lends its endpoints so in-flight counts carry
-    /// over a reload.
+    /// Compiles a configuration. `previous` lends its endpoints and its clusters' counters
+    /// so that in-flight counts, circuit breakers and outlier detection carry over a
+    /// reload.
     pub fn build(config: &Config, options: &BuildOptions, previous: Option<&RouteTable>) -> Self {
+        let previous_states = previous
+            .map(|p| {
+                p.clusters
+                    .iter()
+                    .map(|c| (c.key(), Arc::clone(&c.state)))
+                    .collect()
+            })
+            .unwrap_or_default();
         let mut b = Builder {
             telemetry: &options.telemetry,
             config,
             clusters: HashMap::new(),
+            order: Vec::new(),
             endpoints: HashMap::new(),
             previous: previous.map(|p| &p.endpoints),
+            previous_states,
             services: HashMap::new(),
         };
         let mut notes = Vec::new();
@@ -340,6 +352,7 @@ impl RouteTable {
         RouteTable {
             listeners,
             endpoints: b.endpoints,
+            clusters: b.order,
             notes,
         }
     }
@@ -435,8 +448,10 @@ struct Builder<'c> {
     telemetry: &'c Telemetry,
     config: &'c Config,
     clusters: HashMap<(String, Option<String>, Option<u16>), Arc<Cluster>>,
+    order: Vec<Arc<Cluster>>,
     endpoints: HashMap<String, Arc<Endpoint>>,
     previous: Option<&'c HashMap<String, Arc<Endpoint>>>,
+    previous_states: HashMap<String, Arc<ClusterState>>,
     services: HashMap<String, Option<ServiceView>>,
 }
 
@@ -690,17 +705,20 @@ impl Builder<'_> {
                 }
             }
         };
-        let balancer = Balancer::new(policy.load_balancer.as_ref(), &endpoints);
-        let cluster = Arc::new(Cluster {
-            host: d.host.clone(),
-            subset: d.subset.clone(),
-            port: d.port,
+        let mut cluster = Cluster::new(
+            d.host.clone(),
+            d.subset.clone(),
+            d.port,
             endpoints,
             unavailable,
             policy,
-            balancer,
-        });
+        );
+        if let Some(state) = self.previous_states.get(&cluster.key()) {
+            cluster.state = Arc::clone(state);
+        }
+        let cluster = Arc::new(cluster);
         self.clusters.insert(key, Arc::clone(&cluster));
+        self.order.push(Arc::clone(&cluster));
         cluster
     }
 

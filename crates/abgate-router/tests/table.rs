@@ -307,3 +307,39 @@ spec:
     };
     assert_eq!(split.targets[0].cluster.endpoints[0].active(), 1);
 }
+
+#[test]
+fn clusters_keep_their_circuit_breaker_counters_across_rebuilds() {
+    let yaml = format!(
+        "{BASE}---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: chat, namespace: t}}
+spec:
+  hosts: [models.local]
+  http:
+  - route: [{{destination: {{host: models.local, subset: v1}}}}]
+"
+    );
+    let options = BuildOptions {
+        plain_http_port: Some(8080),
+        ..BuildOptions::default()
+    };
+    let first = table(&yaml, options.clone());
+    let cluster = Arc::clone(&first.clusters[0]);
+    let abgate_router::Admission::Now(_slot) = cluster.admit(true) else {
+        panic!("admitted")
+    };
+    let loaded = abgate_config::load_sources(&[SourceFile {
+        path: Arc::from(Path::new("t.yaml")),
+        text: yaml.clone(),
+    }]);
+    let second = RouteTable::build(&loaded.config, &options, Some(&first));
+    let again = second
+        .clusters
+        .iter()
+        .find(|c| c.key() == cluster.key())
+        .expect("same cluster");
+    assert!(Arc::ptr_eq(&again.state, &cluster.state));
+    assert_eq!(again.state.stats().active, 1);
+}

@@ -357,7 +357,12 @@ impl Gateway {
 
     /// Starts a configuration on `127.0.0.1:0` (plain HTTP only).
     pub async fn start_config(config: &Config) -> Gateway {
-        let running = abgate_proxy::start(
+        Self::start_limited(config, &abgate_proxy::Limits::default()).await
+    }
+
+    /// Starts a configuration on `127.0.0.1:0` with limits on client input.
+    pub async fn start_limited(config: &Config, limits: &abgate_proxy::Limits) -> Gateway {
+        let running = abgate_proxy::start_with(
             config,
             &ServeOptions {
                 listen: Some("127.0.0.1:0".parse().expect("addr")),
@@ -368,6 +373,7 @@ impl Gateway {
                 otlp_endpoint: None,
                 analysis_window: None,
             },
+            limits,
         )
         .await
         .expect("the gateway starts");
@@ -437,6 +443,8 @@ impl Seen {
 pub enum Answer {
     /// A status with a body; the backend adds `x-backend: <name>`.
     Status(u16, String),
+    /// The same, after a delay.
+    After(Duration, u16, String),
     /// Never sends response headers.
     Hang,
 }
@@ -448,7 +456,33 @@ pub struct Backend {
     pub name: String,
     pub addr: SocketAddr,
     seen: Arc<Mutex<Vec<Seen>>>,
+    load: Arc<Load>,
     accept: tokio::task::JoinHandle<()>,
+}
+
+/// Connections accepted, requests in flight and their peak.
+#[derive(Default)]
+struct Load {
+    connections: AtomicUsize,
+    active: AtomicUsize,
+    peak: AtomicUsize,
+}
+
+/// Counts a request in flight at a backend until dropped.
+struct Busy(Arc<Load>);
+
+impl Busy {
+    fn new(load: &Arc<Load>) -> Busy {
+        let now = load.active.fetch_add(1, Ordering::SeqCst) + 1;
+        load.peak.fetch_max(now, Ordering::SeqCst);
+        Busy(Arc::clone(load))
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Drop for Backend {
@@ -463,29 +497,49 @@ impl Backend {
         name: &str,
         handler: impl Fn(usize, &Seen) -> Answer + Send + Sync + 'static,
     ) -> Backend {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        Self::spawn_at("127.0.0.1:0".parse().expect("addr"), name, handler).await
+    }
+
+    /// Starts a backend on `addr` (a port freed by a backend that was dropped, to bring
+    /// an endpoint back). Dropping a backend kills it: its listener and every connection
+    /// it accepted are closed at once.
+    pub async fn spawn_at(
+        addr: SocketAddr,
+        name: &str,
+        handler: impl Fn(usize, &Seen) -> Answer + Send + Sync + 'static,
+    ) -> Backend {
+        let listener = TcpListener::bind(addr).await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+        let load: Arc<Load> = Arc::default();
         let handler: Arc<Handler> = Arc::new(handler);
         let name_owned = name.to_owned();
         let seen_in = Arc::clone(&seen);
+        let load_in = Arc::clone(&load);
         let accept = tokio::spawn(async move {
             let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
+            // Owned here, so that aborting this task closes the connections too.
+            let mut connections = tokio::task::JoinSet::new();
             loop {
+                while connections.try_join_next().is_some() {}
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
+                load_in.connections.fetch_add(1, Ordering::SeqCst);
                 let _ = stream.set_nodelay(true);
+                let load = Arc::clone(&load_in);
                 let seen = Arc::clone(&seen_in);
                 let handler = Arc::clone(&handler);
                 let name = name_owned.clone();
                 let builder = Arc::clone(&builder);
-                tokio::spawn(async move {
+                connections.spawn(async move {
                     let service = service_fn(move |req: Request<Incoming>| {
                         let seen = Arc::clone(&seen);
                         let handler = Arc::clone(&handler);
                         let name = name.clone();
+                        let busy = Busy::new(&load);
                         async move {
+                            let _busy = busy;
                             let (parts, body) = req.into_parts();
                             let body = body
                                 .collect()
@@ -507,7 +561,14 @@ impl Backend {
                                 all.push(record.clone());
                                 all.len() - 1
                             };
-                            match handler(index, &record) {
+                            let answer = match handler(index, &record) {
+                                Answer::After(delay, status, text) => {
+                                    tokio::time::sleep(delay).await;
+                                    Answer::Status(status, text)
+                                }
+                                other => other,
+                            };
+                            match answer {
                                 Answer::Status(status, text) => {
                                     let mut r = Response::new(Full::new(Bytes::from(text)));
                                     *r.status_mut() = StatusCode::from_u16(status).expect("status");
@@ -515,7 +576,7 @@ impl Backend {
                                         .insert("x-backend", name.parse().expect("name"));
                                     Ok::<_, Infallible>(r)
                                 }
-                                Answer::Hang => std::future::pending().await,
+                                Answer::Hang | Answer::After(..) => std::future::pending().await,
                             }
                         }
                     });
@@ -529,8 +590,25 @@ impl Backend {
             name: name.to_owned(),
             addr,
             seen,
+            load,
             accept,
         }
+    }
+
+    /// 200 `{"backend": "<name>"}` after `delay`.
+    pub async fn slow(name: &str, delay: Duration) -> Backend {
+        let body = serde_json::json!({ "backend": name }).to_string();
+        Self::spawn(name, move |_, _| Answer::After(delay, 200, body.clone())).await
+    }
+
+    /// TCP connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.load.connections.load(Ordering::SeqCst)
+    }
+
+    /// The most requests it had in flight at once.
+    pub fn peak(&self) -> usize {
+        self.load.peak.load(Ordering::SeqCst)
     }
 
     /// Always 200 with body `{"backend": "<name>"}`.
@@ -615,6 +693,44 @@ impl ClosedPort {
         let port = socket.local_addr().expect("addr").port();
         ClosedPort {
             _socket: socket,
+            port,
+        }
+    }
+}
+
+/// A port whose connections hang: listening with a backlog of 0 and never accepting, its
+/// accept queue is filled by one connection, after which Linux drops every SYN, so a
+/// `connect` waits (retransmitting) until its own timeout.
+pub struct Blackhole {
+    _listener: TcpListener,
+    _filler: Vec<tokio::net::TcpStream>,
+    pub port: u16,
+}
+
+impl Blackhole {
+    pub async fn new() -> Blackhole {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket
+            .bind("127.0.0.1:0".parse().expect("addr"))
+            .expect("bind");
+        let port = socket.local_addr().expect("addr").port();
+        let listener = socket.listen(0).expect("listen");
+        let mut filler = Vec::new();
+        // Fill the accept queue; stop once a connect no longer completes.
+        for _ in 0..4 {
+            match tokio::time::timeout(
+                Duration::from_millis(200),
+                tokio::net::TcpStream::connect(("127.0.0.1", port)),
+            )
+            .await
+            {
+                Ok(Ok(s)) => filler.push(s),
+                _ => break,
+            }
+        }
+        Blackhole {
+            _listener: listener,
+            _filler: filler,
             port,
         }
     }
