@@ -25,6 +25,40 @@ pub(crate) fn pct(x: f64) -> String {
     format!("{}%", num(x * 100.0, 1))
 }
 
+/// A fraction as a percentage with two decimals, for small rates: `0.25%`, `8%`.
+pub(crate) fn pct2(x: f64) -> String {
+    format!("{}%", num(x * 100.0, 2))
+}
+
+/// `x` × 100 with at most `decimals` decimals and its sign: `+12.3`, `-4.1`, `0`.
+fn signed_hundredths(x: f64, decimals: usize) -> String {
+    let s = num(x * 100.0, decimals);
+    match s.as_str() {
+        "0" | "-0" => "0".to_owned(),
+        _ if x > 0.0 => format!("+{s}"),
+        _ => s,
+    }
+}
+
+/// A relative difference with its sign: `+12.3%`, `-4.1%`, `0%`.
+pub(crate) fn signed_pct(x: f64) -> String {
+    format!("{}%", signed_hundredths(x, 1))
+}
+
+/// A difference of rates in percentage points with its sign: `+7.89 points`.
+pub(crate) fn signed_points(x: f64) -> String {
+    format!("{} points", signed_hundredths(x, 2))
+}
+
+/// A p-value: four decimals, or two significant digits below 0.0001: `0.0312`, `1.2e-7`.
+pub(crate) fn pval(p: f64) -> String {
+    if p >= 1e-4 || p == 0.0 {
+        num(p, 4)
+    } else {
+        format!("{p:.1e}")
+    }
+}
+
 /// A split: `v1-0 70%, v1-1 30%`.
 pub(crate) fn split(names: &[&str], weights: &[u32]) -> String {
     names
@@ -88,6 +122,15 @@ mod tests {
         assert_eq!(rate(0.91234), "0.9123");
         assert_eq!(pct(0.1667), "16.7%");
         assert_eq!(num(1.2, 3), "1.2");
+        assert_eq!(pct2(0.0025), "0.25%");
+        assert_eq!(signed_pct(0.1234), "+12.3%");
+        assert_eq!(signed_pct(-0.041), "-4.1%");
+        assert_eq!(signed_pct(-0.0001), "0%");
+        assert_eq!(signed_points(0.0789), "+7.89 points");
+        assert_eq!(signed_points(-0.00001), "0 points");
+        assert_eq!(pval(0.03121), "0.0312");
+        assert_eq!(pval(1.234e-7), "1.2e-7");
+        assert_eq!(pval(1.0), "1");
     }
 
     #[test]

@@ -12,9 +12,12 @@
 //! A period starts whenever the split changes, so every comparison is between variants
 //! that shared one split for the whole of the data: ramps cannot bias a comparison.
 //!
-//! The seed's `ExperimentController._analyze_performance` lives on as the [`Classic`]
-//! policy (its thresholds exactly, its defects fixed), `_generate_final_report` as
-//! [`pick_winner`] and [`Report`].
+//! Two analysis policies judge the observations ([`policy_for`]): [`Sequential`], the
+//! default, decides on evidence (always-valid confidence sequences over the raw
+//! windows, a circuit breaker, a sample-ratio-mismatch halt, a winner only with
+//! confidence); the seed's `ExperimentController._analyze_performance` lives on as the
+//! [`Classic`] policy (its thresholds exactly, its defects fixed), and
+//! `_generate_final_report` as [`pick_winner`] and [`Report`].
 #![forbid(unsafe_code)]
 
 mod fmt;
@@ -22,6 +25,7 @@ mod observe;
 mod policy;
 mod report;
 mod score;
+mod sequential;
 mod split;
 mod state;
 mod step;
@@ -30,6 +34,7 @@ pub use observe::{Observations, VariantObservation};
 pub use policy::{fold, policy_for, Classic, Policy, Verdict};
 pub use report::{DecisionRecord, Report, TrafficPoint, VariantReport, VariantWeight};
 pub use score::{pick_winner, score, WinnerPick};
+pub use sequential::{planned_periods, Sequential};
 pub use split::{all_to, percentages};
 pub use state::{ExperimentState, InvalidState, Phase};
 pub use step::{apply, step, step_with, Decision, InvalidDecision};

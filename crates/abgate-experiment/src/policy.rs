@@ -4,6 +4,8 @@ use abgate_config::model::{Experiment, PolicyKind};
 
 use crate::fmt::{ms, num, pct, rate};
 use crate::observe::{Observations, VariantObservation};
+use crate::score::{pick_winner, WinnerPick};
+use crate::sequential::Sequential;
 use crate::state::ExperimentState;
 
 /// What a policy concluded about a candidate (or, folded, about the experiment).
@@ -17,6 +19,12 @@ pub enum Verdict {
     },
     /// Worse than the rollback criteria allow.
     Regressed {
+        /// Why, with the numbers.
+        reason: String,
+    },
+    /// The data cannot be trusted for a comparison (a sample ratio mismatch): no ramp,
+    /// no promotion, no winner while it lasts. Never a reason to roll back by itself.
+    Halted {
         /// Why, with the numbers.
         reason: String,
     },
@@ -36,6 +44,7 @@ impl Verdict {
         match self {
             Verdict::Inconclusive { reason }
             | Verdict::Regressed { reason }
+            | Verdict::Halted { reason }
             | Verdict::Healthy { reason, .. } => reason,
         }
     }
@@ -43,6 +52,11 @@ impl Verdict {
     /// Whether this is [`Verdict::Regressed`].
     pub fn is_regressed(&self) -> bool {
         matches!(self, Verdict::Regressed { .. })
+    }
+
+    /// Whether this is [`Verdict::Halted`].
+    pub fn is_halted(&self) -> bool {
+        matches!(self, Verdict::Halted { .. })
     }
 
     /// Whether this is [`Verdict::Healthy`], improved or not.
@@ -57,18 +71,19 @@ impl Verdict {
 }
 
 /// Folds per-candidate verdicts into the experiment's: regressed if any candidate
-/// regressed (the seed stopped at the first and rolled back), else inconclusive if any
-/// is, else healthy, improved only when every candidate improved. Reasons are joined
-/// with `; `, the deciding ones only.
+/// regressed (the seed stopped at the first and rolled back), else halted if any is,
+/// else inconclusive if any is, else healthy, improved only when every candidate
+/// improved. Reasons are joined with `; `, the deciding ones only, each once.
 pub fn fold(verdicts: impl IntoIterator<Item = Verdict>) -> Verdict {
     let verdicts: Vec<Verdict> = verdicts.into_iter().collect();
     let join = |pick: &dyn Fn(&Verdict) -> bool| {
-        verdicts
-            .iter()
-            .filter(|v| pick(v))
-            .map(Verdict::reason)
-            .collect::<Vec<_>>()
-            .join("; ")
+        let mut reasons: Vec<&str> = Vec::new();
+        for r in verdicts.iter().filter(|v| pick(v)).map(Verdict::reason) {
+            if !reasons.contains(&r) {
+                reasons.push(r);
+            }
+        }
+        reasons.join("; ")
     };
     if verdicts.is_empty() {
         return Verdict::Inconclusive {
@@ -78,6 +93,11 @@ pub fn fold(verdicts: impl IntoIterator<Item = Verdict>) -> Verdict {
     if verdicts.iter().any(Verdict::is_regressed) {
         return Verdict::Regressed {
             reason: join(&Verdict::is_regressed),
+        };
+    }
+    if verdicts.iter().any(Verdict::is_halted) {
+        return Verdict::Halted {
+            reason: join(&Verdict::is_halted),
         };
     }
     if verdicts
@@ -106,7 +126,8 @@ pub fn fold(verdicts: impl IntoIterator<Item = Verdict>) -> Verdict {
 ///   ramps cannot bias results), `step`.
 ///
 /// A policy that needs evidence carried across periods would get it from a field added
-/// to [`ExperimentState`]; none does yet.
+/// to [`ExperimentState`]; none does yet ([`Sequential`] spends its error rate over
+/// the planned periods instead, each judged on its own data).
 pub trait Policy: Send + Sync {
     /// The policy's name, as reports print it (`classic`).
     fn name(&self) -> &'static str;
@@ -152,6 +173,23 @@ pub trait Policy: Send + Sync {
     fn analyze(&self, spec: &Experiment, state: &ExperimentState, obs: &Observations) -> Verdict {
         fold(candidates(spec).map(|c| self.judge(spec, state, obs, c)))
     }
+
+    /// Whether a canary candidate with this verdict takes its next step. Classic: only
+    /// when improved (the seed's ramp condition).
+    fn ready_to_ramp(&self, verdict: &Verdict) -> bool {
+        verdict.is_improved()
+    }
+
+    /// The winner named at the planned end ([`crate::Decision::Finish`]). Classic: the
+    /// seed's score ([`pick_winner`]).
+    fn winner(
+        &self,
+        spec: &Experiment,
+        _state: &ExperimentState,
+        obs: &Observations,
+    ) -> WinnerPick {
+        pick_winner(spec, obs)
+    }
 }
 
 /// The indexes of every variant but the declared baseline, in spec order.
@@ -159,13 +197,11 @@ pub(crate) fn candidates(spec: &Experiment) -> impl Iterator<Item = usize> + '_ 
     (0..spec.variants.len()).filter(move |&i| i != spec.baseline)
 }
 
-/// The policy `spec` gets. Always [`Classic`] for now: `sequential` (the configured
-/// default) needs always-valid confidence sequences, which arrive with the statistics
-/// issue; until then it runs the classic rules rather than pretend to statistics.
-/// Reports print both the configured and the effective policy.
+/// The policy `spec` asks for: [`Sequential`] (the default) or [`Classic`].
 pub fn policy_for(spec: &Experiment) -> Box<dyn Policy> {
     match spec.policy {
-        PolicyKind::Classic | PolicyKind::Sequential => Box::new(Classic),
+        PolicyKind::Sequential => Box::new(Sequential::default()),
+        PolicyKind::Classic => Box::new(Classic),
     }
 }
 
@@ -522,8 +558,21 @@ mod tests {
     }
 
     #[test]
-    fn sequential_runs_classic_until_its_statistics_exist() {
-        let spec = experiment("policy: sequential");
-        assert_eq!(policy_for(&spec).name(), "classic");
+    fn policy_for_follows_the_spec() {
+        assert_eq!(
+            policy_for(&experiment("policy: sequential")).name(),
+            "sequential"
+        );
+        assert_eq!(policy_for(&experiment("policy: classic")).name(), "classic");
+    }
+
+    #[test]
+    fn fold_puts_halted_between_regressed_and_inconclusive() {
+        let r = Verdict::Regressed { reason: "r".into() };
+        let s = Verdict::Halted { reason: "s".into() };
+        let i = Verdict::Inconclusive { reason: "i".into() };
+        assert!(fold([i.clone(), s.clone(), r]).is_regressed());
+        // The same reason twice (one SRM for every candidate) is given once.
+        assert_eq!(fold([i, s.clone(), s.clone()]), s);
     }
 }

@@ -122,7 +122,9 @@ pub struct Report {
     pub strategy: String,
     /// The policy that analysed it ([`crate::Policy::name`]).
     pub policy: String,
-    /// The policy the spec asked for (`sequential` runs as `classic` for now).
+    /// The policy the spec asked for: the same as `policy` (every configured policy
+    /// exists); kept so that readers of earlier reports, written while `sequential` ran
+    /// as `classic`, can tell the two apart.
     pub configured_policy: String,
     /// Where it stands.
     pub phase: Phase,
@@ -264,10 +266,7 @@ impl Report {
         let policy = if self.policy == self.configured_policy {
             self.policy.clone()
         } else {
-            format!(
-                "{} (configured: {}, not available yet)",
-                self.policy, self.configured_policy
-            )
+            format!("{} (configured: {})", self.policy, self.configured_policy)
         };
         let rows = [
             ("Host", format!("`{}`", self.host)),
@@ -463,7 +462,7 @@ fn recommendations(spec: &Experiment, state: &ExperimentState, baseline: &str) -
         ],
         (Phase::Finished, Some(_)) => vec![format!("Keep baseline {baseline}")],
         (Phase::Finished, None) => vec![
-            "No clear winner: no variant had enough data; run longer or with more traffic"
+            "No clear winner: no variant had enough data, or none was better with confidence (see the verdict); run longer or with more traffic"
                 .to_owned(),
         ],
         (Phase::RolledBack, _) => {
@@ -547,7 +546,7 @@ mod tests {
             report.verdict
         );
         assert_eq!(report.policy, "classic");
-        assert_eq!(report.configured_policy, "sequential");
+        assert_eq!(report.configured_policy, "classic");
         let traffic: Vec<Vec<u32>> = report.traffic.iter().map(|p| p.weights.clone()).collect();
         assert_eq!(
             traffic,
@@ -583,10 +582,7 @@ mod tests {
             md.contains("| Final weights | v1-0 0%, v1-1 100% |"),
             "{md}"
         );
-        assert!(
-            md.contains("| Policy | classic (configured: sequential, not available yet) |"),
-            "{md}"
-        );
+        assert!(md.contains("| Policy | classic |"), "{md}");
         assert!(md.contains("## Decision log"), "{md}");
         assert!(
             md.contains(

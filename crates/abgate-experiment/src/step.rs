@@ -6,7 +6,6 @@ use serde::{Deserialize, Serialize};
 use crate::fmt;
 use crate::observe::Observations;
 use crate::policy::{candidates, fold, policy_for, Policy, Verdict};
-use crate::score::pick_winner;
 use crate::split::{all_to, next_canary_weight, ramp};
 use crate::state::{ExperimentState, Phase};
 
@@ -41,11 +40,12 @@ pub enum Decision {
         /// Why.
         reason: String,
     },
-    /// The planned end: a verdict naming the winner by the seed's score, or none. The
-    /// split is left as it is: ending the experiment's routing (or promoting the winner)
-    /// is the manager's call, never automatic.
+    /// The planned end: a verdict naming the winner the policy found ([`Policy::winner`]:
+    /// the seed's score for `classic`, the goal metric's confidence sequence for
+    /// `sequential`), or none. The split is left as it is: ending the experiment's
+    /// routing (or promoting the winner) is the manager's call, never automatic.
     Finish {
-        /// The variant with the best score, if any had enough data.
+        /// The winner, if the policy found one.
         winner: Option<String>,
         /// Why.
         reason: String,
@@ -131,18 +131,20 @@ pub enum InvalidDecision {
 /// [`policy_for`] gives `spec`.
 ///
 /// By strategy:
-/// - `canary`: a regressed candidate rolls back. A candidate that *holds* `maxWeight`
+/// - `canary`: a regressed candidate rolls back. A halted verdict (a sample ratio
+///   mismatch) holds: no step, no promotion. A candidate that *holds* `maxWeight`
 ///   (after the step that reached it) and stays healthy for that whole next period,
-///   with `minSamples`, is promoted. Otherwise an improved candidate takes the next
-///   step (`steps`, else + `stepWeight`, capped at `maxWeight`; the baseline gets what
-///   the candidates leave); a candidate at 0% starts the ramp at its first step;
-///   anything else holds. At the planned end (`started_at + duration`) it finishes
-///   with the score's winner (and does not promote it).
+///   with `minSamples`, is promoted. Otherwise a candidate the policy finds ready
+///   ([`Policy::ready_to_ramp`]: improved for `classic`, healthy — no harm shown once
+///   every guardrail has its minimum sample — for `sequential`) takes the next step
+///   (`steps`, else + `stepWeight`, capped at `maxWeight`; the baseline gets what the
+///   candidates leave); a candidate at 0% starts the ramp at its first step; anything
+///   else holds. At the planned end (`started_at + duration`) it finishes with the
+///   policy's winner ([`Policy::winner`]) and does not promote it.
 /// - `abtest`, `featureflag` (the flagged subset sees only header-matched traffic; its
-///   analysis is an A/B test's) and `bandit` (Thompson sampling comes with the
-///   statistics work; until then it is an A/B test): the split is fixed; a regression
-///   rolls back; at the planned end it finishes with the score's winner (a verdict,
-///   not a promotion).
+///   analysis is an A/B test's) and `bandit` (Thompson sampling is still to come; until
+///   then it is an A/B test): the split is fixed; a regression rolls back; at the
+///   planned end it finishes with the policy's winner (a verdict, not a promotion).
 /// - `bluegreen`: while blue (the baseline) has traffic, the first step checks green
 ///   (the first candidate) if it has `minSamples` (analysing mirrored or synthetic
 ///   traffic is out of scope: the check is the candidate's health when it has
@@ -316,7 +318,7 @@ impl Cx<'_> {
     }
 
     fn finish(&self, extra: &str) -> Decision {
-        let pick = pick_winner(self.spec, self.obs);
+        let pick = self.policy.winner(self.spec, self.state, self.obs);
         Decision::Finish {
             winner: pick.winner.map(|i| self.name(i).to_owned()),
             reason: format!("{}: {}{extra}", self.end_reached(), pick.reason),
@@ -332,6 +334,18 @@ impl Cx<'_> {
             return self.rollback(v.reason());
         }
         let in_force = self.state.percentages();
+        if !self.ended() {
+            if let Some((_, v)) = verdicts.iter().find(|(_, v)| v.is_halted()) {
+                return Decision::Hold {
+                    reason: format!(
+                        "{}; holding {}; {}",
+                        v.reason(),
+                        self.split(&in_force),
+                        self.time_left()
+                    ),
+                };
+            }
+        }
         if let Some((c, v)) = verdicts
             .iter()
             .find(|(c, v)| in_force[*c] >= plan.max_weight && v.is_healthy())
@@ -363,7 +377,7 @@ impl Cx<'_> {
                         self.name(*c)
                     ),
                 )
-            } else if v.is_improved() {
+            } else if self.policy.ready_to_ramp(v) {
                 (next_canary_weight(plan, current), v.reason().to_owned())
             } else {
                 continue;
@@ -439,6 +453,16 @@ impl Cx<'_> {
                 ));
             }
             let check = match &verdict {
+                Verdict::Halted { reason } => {
+                    return Decision::Hold {
+                        reason: format!(
+                            "pre-switch check of green {}: {reason}; blue {} keeps all traffic; {}",
+                            self.name(green),
+                            self.name(blue),
+                            self.time_left()
+                        ),
+                    };
+                }
                 Verdict::Inconclusive { reason } => format!("no pre-switch check ({reason})"),
                 v => format!("pre-switch check passed: {}", v.reason()),
             };

@@ -36,10 +36,15 @@ spec:
 "#;
 
 /// An Experiment on the seed's host, written as the seed's `run_model_comparison_experiment`
-/// (`traffic_split: {v1-0: 70, v1-1: 30}`, 24 hours, its rollback criteria), with `extra`
-/// lines added to its spec (`strategy: abtest`, or `variants:` replacing the split).
+/// (`traffic_split: {v1-0: 70, v1-1: 30}`, 24 hours, its rollback criteria) and judged
+/// by the seed's rules (`policy: classic`, which these fixtures' summary-only
+/// observations suit), with `extra` lines added to its spec (`strategy: abtest`,
+/// `variants:` replacing the split, `policy: sequential`).
 pub(crate) fn experiment(extra: &str) -> Experiment {
     let mut spec = String::new();
+    if !extra.contains("policy:") {
+        spec.push_str("  policy: classic\n");
+    }
     if !extra.contains("variants:") && !extra.contains("traffic_split:") {
         spec.push_str("  traffic_split: {v1-0: 70, v1-1: 30}\n");
     }
@@ -87,7 +92,7 @@ spec:
     experiments.remove(0)
 }
 
-/// The seed's experiment as written.
+/// The seed's experiment as written, under the seed's rules (`policy: classic`).
 pub(crate) fn seed_experiment() -> Experiment {
     experiment("")
 }

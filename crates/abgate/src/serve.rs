@@ -58,6 +58,22 @@ pub struct ServeArgs {
     /// generated beside the state file as admin.token).
     #[arg(long)]
     admin_token_file: Option<PathBuf>,
+    /// Largest request head (request line and headers) in bytes; beyond, 431.
+    #[arg(long, default_value_t = 61440)]
+    max_request_headers_size: usize,
+    /// Most request headers; beyond, 431.
+    #[arg(long, default_value_t = 100)]
+    max_request_headers: usize,
+    /// Largest request body in bytes; beyond, 413 (also while a chunked body streams).
+    #[arg(long, default_value_t = 10 << 20)]
+    max_request_body: u64,
+    /// Time a client has to send a request head (also the idle timeout of HTTP/1.1
+    /// keep-alive connections); the connection is closed after it.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    header_read_timeout: Duration,
+    /// Streams a client may have open at once on one HTTP/2 connection.
+    #[arg(long, default_value_t = 256)]
+    max_concurrent_streams: u32,
     /// Runtime worker threads (default: one per core).
     #[arg(long)]
     workers: Option<usize>,
@@ -128,7 +144,14 @@ async fn serve(args: ServeArgs) -> ExitCode {
         otlp_endpoint: args.otlp_endpoint.clone(),
         analysis_window: Some(args.analysis_window),
     };
-    let running = match abgate_proxy::start(&loaded.config, &options).await {
+    let limits = abgate_proxy::Limits {
+        max_header_bytes: args.max_request_headers_size,
+        max_headers: args.max_request_headers,
+        max_request_body: args.max_request_body,
+        header_read_timeout: args.header_read_timeout,
+        max_concurrent_streams: args.max_concurrent_streams,
+    };
+    let running = match abgate_proxy::start_with(&loaded.config, &options, &limits).await {
         Ok(r) => r,
         Err(e) => {
             eprintln!("abgate serve: {e}");
