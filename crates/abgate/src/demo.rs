@@ -62,7 +62,6 @@ spec:
   baseline: v1-0
   variants: [{name: v1-0, weight: 90}, {name: v1-1, weight: 10}]
   strategy: canary
-  policy: classic
   interval: 3s
   duration: 100s
   canary: {stepWeight: 10, maxWeight: 50}
@@ -216,7 +215,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<bool> {
     let controller = Controller::start(running.control(), store)?;
     tokio::spawn(Arc::clone(&controller).run(stop.clone()));
     println!(
-        "  experiment: {EXPERIMENT_ID}, canary of v1-1 from 10%, +10 points per healthy analysis up to 50%, then promotion; analysed every 3 s by the seed's rules (classic policy)"
+        "  experiment: {EXPERIMENT_ID}, canary of v1-1 from 10%, +10 points per healthy analysis up to 50%, then promotion; analysed every 3 s by the sequential policy (always-valid confidence sequences on errors, p95 latency and TTFT)"
     );
     println!();
 

@@ -23,7 +23,7 @@ impl Drop for Guard {
 /// Runs `abgate demo --scenario SCENARIO` to the end; its exit code and stdout.
 fn demo(scenario: &str, tmp: &Path) -> (Option<i32>, String, String) {
     let child = Command::new(env!("CARGO_BIN_EXE_abgate"))
-        .args(["demo", "--scenario", scenario, "--max-duration", "40s"])
+        .args(["demo", "--scenario", scenario])
         // The demo keeps its state under the temporary directory.
         .env("TMPDIR", tmp)
         .env("NO_COLOR", "1")
@@ -46,7 +46,8 @@ fn demo(scenario: &str, tmp: &Path) -> (Option<i32>, String, String) {
         let _ = stderr.read_to_string(&mut s);
         s
     });
-    let deadline = Instant::now() + Duration::from_secs(60);
+    // The contract: the demo ends in under two minutes.
+    let deadline = Instant::now() + Duration::from_secs(130);
     let status = loop {
         if let Some(status) = guard.0.try_wait().expect("try_wait") {
             break status;
@@ -133,7 +134,7 @@ fn demo_regression_rolls_back_to_the_baseline() {
         last_line(&stdout).starts_with("outcome: rolled back to v1-0"),
         "{context}"
     );
-    assert!(started.elapsed() < Duration::from_secs(30), "{context}");
+    assert!(started.elapsed() < Duration::from_secs(120), "{context}");
 
     // Progress: the canary's starting split, then all back on the baseline.
     let lines = progress(&stdout);
@@ -187,7 +188,7 @@ fn demo_improvement_ramps_and_promotes_the_candidate() {
         last_line(&stdout).starts_with("outcome: promoted v1-1"),
         "{context}"
     );
-    assert!(started.elapsed() < Duration::from_secs(30), "{context}");
+    assert!(started.elapsed() < Duration::from_secs(120), "{context}");
 
     // Progress: the split shown climbs from 10% through the ramp to 100%.
     let lines = progress(&stdout);
