@@ -622,3 +622,50 @@ async fn shutdown_lets_a_request_in_flight_finish_within_the_grace_period() {
         "shutdown returns once the last request is done, not at the end of the grace: {took:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_100_open_streams_lets_every_stream_complete() {
+    let (sim, gw) = sim_gateway(SimArgs {
+        model: "streamer".into(),
+        tokens_per_second: 20.0,
+        output_tokens: 60,
+        max_concurrency: 200,
+        ..SimArgs::default()
+    })
+    .await;
+    let mut streams = Vec::new();
+    for _ in 0..100 {
+        let response = gw
+            .http
+            .stream(stream_request(&gw), chat_body("streamer", true))
+            .await;
+        assert_eq!(response.status(), StatusCode::OK);
+        streams.push(tokio::spawn(async move {
+            response.into_body().collect().await.map(|b| b.to_bytes())
+        }));
+    }
+    // Each stream lasts 3 s; the last opened a moment ago, so all are mid-stream.
+    assert!(sim.running().await > 90, "the streams are open");
+    // The grace period covers them: shutdown waits for every one.
+    let started = Instant::now();
+    gw.stop_within(Duration::from_secs(10)).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "returns once the streams are done"
+    );
+    for stream in streams {
+        let body = stream
+            .await
+            .expect("client task")
+            .expect("a complete stream");
+        let text = String::from_utf8_lossy(&body);
+        assert!(
+            text.trim_end().ends_with("data: [DONE]"),
+            "cut short: {text}"
+        );
+        assert!(
+            text.matches("\"content\":\"").count() >= 20,
+            "every token: {text}"
+        );
+    }
+}
