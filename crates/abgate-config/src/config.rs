@@ -130,7 +130,7 @@ impl Config {
 }
 
 /// Whether a configured host (possibly `*.suffix` or `*`) covers a concrete one.
-pub(crate) fn host_matches(pattern: &str, host: &str) -> bool {
+pub fn host_matches(pattern: &str, host: &str) -> bool {
     if pattern == host || pattern == "*" {
         return true;
     }

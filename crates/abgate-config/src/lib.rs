@@ -12,7 +12,7 @@ pub mod source;
 mod validate;
 pub mod wire;
 
-pub use config::{Config, Loaded, ServiceView};
+pub use config::{host_matches, Config, Loaded, ServiceView};
 pub use diag::{Code, Diagnostic, Severity, Summary};
 pub use source::{read_paths, FieldPath, ReadError, SourceFile};
 pub use validate::{default_prometheus_queries, resolve_gateway, resolve_host, DEFAULT_NAMESPACE};

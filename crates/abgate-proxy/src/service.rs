@@ -268,19 +268,7 @@ async fn proxy(
         port: server.port,
         gateway: &server.gateway,
     };
-    let (route, matched_block) = vhost
-        .routes
-        .iter()
-        .find_map(|r| {
-            if r.matches.is_empty() {
-                return Some((r, None));
-            }
-            r.matches
-                .iter()
-                .position(|b| abgate_router::request::block_matches(b, &view))
-                .map(|i| (r, Some(i)))
-        })
-        .ok_or_else(|| no_route(&parts))?;
+    let (route, matched_block) = vhost.route(&view).ok_or_else(|| no_route(&parts))?;
     let route = Arc::clone(route);
     if let Some(info) = info.as_mut() {
         info.route = Some(Arc::clone(&route.name));

@@ -21,16 +21,11 @@ struct SniResolver {
 impl ResolvesServerCert for SniResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         let name = hello.server_name().map(str::to_ascii_lowercase);
-        let covers = |pattern: &str, host: &str| {
-            pattern == "*"
-                || pattern == host
-                || pattern.strip_prefix('*').is_some_and(|s| host.ends_with(s))
-        };
         name.as_deref()
             .and_then(|host| {
                 self.entries
                     .iter()
-                    .find(|(hosts, _)| hosts.iter().any(|p| covers(p, host)))
+                    .find(|(hosts, _)| hosts.iter().any(|p| abgate_config::host_matches(p, host)))
             })
             .or(self.entries.first())
             .map(|(_, key)| Arc::clone(key))

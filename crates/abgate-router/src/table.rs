@@ -9,12 +9,12 @@ use abgate_config::model::{
     CorsPolicy, Destination, Experiment, Fault, HeaderOps, HeaderRules, KeySource, MatchBlock,
     Protocol, Redirect, RetryPolicy, Rewrite, RouteAction, ServerTls, Strategy, VirtualService,
 };
-use abgate_config::{Config, ServiceView};
+use abgate_config::{host_matches, Config, ServiceView};
 use abgate_telemetry::{DestinationLabels, Telemetry};
 use bytes::Bytes;
 
 use crate::cluster::{Cluster, ClusterState, Endpoint, Unavailable};
-use crate::request::{rule_matches, RequestView};
+use crate::request::{block_matches, RequestView};
 use crate::split::{Split, Target};
 
 /// The header that carries the OpenAI `model` of a request body to matching.
@@ -100,6 +100,23 @@ pub struct VirtualHost {
     pub reads_model: bool,
 }
 
+impl VirtualHost {
+    /// The first rule in order whose matches accept the request, with the index of the
+    /// match block that did (`None` for a rule without matches): a prefix rewrite or
+    /// redirect replaces the prefix that block matched.
+    pub fn route(&self, req: &RequestView<'_>) -> Option<(&Arc<Route>, Option<usize>)> {
+        self.routes.iter().find_map(|r| {
+            if r.matches.is_empty() {
+                return Some((r, None));
+            }
+            r.matches
+                .iter()
+                .position(|b| block_matches(b, req))
+                .map(|i| (r, Some(i)))
+        })
+    }
+}
+
 #[derive(Debug, Default)]
 struct HostIndex {
     exact: HashMap<String, Arc<VirtualHost>>,
@@ -172,18 +189,13 @@ pub struct Routed<'t> {
 impl Listener {
     /// The gateway whose server on this listener accepts `host` (lowercase, no port).
     pub fn gateway_for(&self, host: &str) -> Option<&Server> {
-        let covers = |pattern: &str| {
-            pattern == "*"
-                || pattern == host
-                || pattern.strip_prefix('*').is_some_and(|s| host.ends_with(s))
-        };
         self.servers
             .iter()
             .find(|s| s.hosts.iter().any(|h| h == host))
             .or_else(|| {
                 self.servers
                     .iter()
-                    .find(|s| s.hosts.iter().any(|h| covers(h)))
+                    .find(|s| s.hosts.iter().any(|h| host_matches(h, host)))
             })
     }
 
@@ -198,11 +210,7 @@ impl Listener {
         let vhost = self
             .virtual_host(req.gateway, host)
             .ok_or(NoRoute::NoVirtualHost)?;
-        let route = vhost
-            .routes
-            .iter()
-            .find(|r| rule_matches(&r.matches, req))
-            .ok_or(NoRoute::NoMatch)?;
+        let (route, _) = vhost.route(req).ok_or(NoRoute::NoMatch)?;
         Ok(Routed { vhost, route })
     }
 }
