@@ -555,6 +555,36 @@ pub enum LoadBalancer {
     Passthrough,
     /// Consistent hashing within the subset.
     ConsistentHash(ConsistentHash),
+    /// abgate's model-server-aware balancing (the DestinationRule annotation
+    /// [`LLM_LOAD_BALANCER_ANNOTATION`]): the endpoint with the least load by its own
+    /// queue and KV-cache figures plus the gateway's requests in flight.
+    LlmAware(LlmAware),
+}
+
+/// DestinationRule annotation selecting [`LoadBalancer::LlmAware`] for the host (value
+/// `llm-aware`). Istio ignores annotations, so the same resource still applies to a mesh.
+pub const LLM_LOAD_BALANCER_ANNOTATION: &str = "abgate.dev/load-balancer";
+/// Annotation: the path of the endpoints' Prometheus metrics (default `/metrics`).
+pub const LLM_METRICS_PATH_ANNOTATION: &str = "abgate.dev/metrics-path";
+/// Annotation: how often each endpoint's metrics are read (default `250ms`).
+pub const LLM_METRICS_INTERVAL_ANNOTATION: &str = "abgate.dev/metrics-interval";
+
+/// Where and how often the LLM-aware balancer reads its endpoints' load.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct LlmAware {
+    /// Path of the Prometheus text exposition on each endpoint's own address.
+    pub metrics_path: String,
+    /// Time between two reads of one endpoint.
+    pub interval: Duration,
+}
+
+impl Default for LlmAware {
+    fn default() -> Self {
+        Self {
+            metrics_path: "/metrics".into(),
+            interval: Duration::from_millis(250),
+        }
+    }
 }
 
 /// Consistent hashing: key and algorithm.

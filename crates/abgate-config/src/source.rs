@@ -111,6 +111,9 @@ impl fmt::Display for FieldPath {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for (i, segment) in self.0.iter().enumerate() {
             match segment {
+                // A key that holds a dot (an annotation or label name) is quoted, as
+                // in JSONPath, so the path reads unambiguously.
+                Segment::Key(key) if key.contains('.') => write!(f, "[{key:?}]")?,
                 Segment::Key(key) if i == 0 => f.write_str(key)?,
                 Segment::Key(key) => write!(f, ".{key}")?,
                 Segment::Index(index) => write!(f, "[{index}]")?,

@@ -1269,11 +1269,14 @@ fn destination_rule(cx: &mut Cx, meta: Meta, spec: wire::DestinationRuleSpec) ->
     if spec.workload_selector.is_some() {
         cx.unsupported(&spec_path.key("workloadSelector"), "workloadSelector");
     }
-    let host_policy = traffic_policy(
+    let mut host_policy = traffic_policy(
         cx,
         &spec_path.key("trafficPolicy"),
         spec.traffic_policy.as_ref(),
     );
+    if let Some(llm) = llm_aware(cx, &meta.annotations) {
+        host_policy.load_balancer = Some(LoadBalancer::LlmAware(llm));
+    }
     let mut names = BTreeSet::new();
     let subsets = spec
         .subsets
@@ -1306,6 +1309,66 @@ fn destination_rule(cx: &mut Cx, meta: Meta, spec: wire::DestinationRuleSpec) ->
         subsets,
         meta,
     }
+}
+
+/// The LLM-aware balancer a DestinationRule's annotations ask for, if any. It takes the
+/// host's place of `trafficPolicy.loadBalancer` (which stays what Istio would use); a
+/// subset's own `loadBalancer` still overrides it, section by section as in Istio.
+fn llm_aware(cx: &mut Cx, annotations: &BTreeMap<String, String>) -> Option<LlmAware> {
+    let field = |key: &str| {
+        FieldPath::root()
+            .key("metadata")
+            .key("annotations")
+            .key(key)
+    };
+    let selected = match annotations
+        .get(LLM_LOAD_BALANCER_ANNOTATION)
+        .map(String::as_str)
+    {
+        None => false,
+        Some("llm-aware") => true,
+        Some(other) => {
+            cx.error(
+                &field(LLM_LOAD_BALANCER_ANNOTATION),
+                format!(
+                    "`{other}` is not a load balancer abgate knows; the one value is `llm-aware`"
+                ),
+            );
+            false
+        }
+    };
+    let mut llm = LlmAware::default();
+    if let Some(path) = annotations.get(LLM_METRICS_PATH_ANNOTATION) {
+        if path.starts_with('/') && !path.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            llm.metrics_path = path.clone();
+        } else {
+            cx.error(
+                &field(LLM_METRICS_PATH_ANNOTATION),
+                format!("`{path}` is not an absolute URL path"),
+            );
+        }
+    }
+    if let Some(text) = annotations.get(LLM_METRICS_INTERVAL_ANNOTATION) {
+        let f = field(LLM_METRICS_INTERVAL_ANNOTATION);
+        match cx.duration(&f, &Some(text.clone())) {
+            Some(d) if d >= Duration::from_millis(10) => llm.interval = d,
+            Some(_) => cx.error(&f, "must be at least 10ms"),
+            None => {}
+        }
+    }
+    let tuned = annotations.contains_key(LLM_METRICS_PATH_ANNOTATION)
+        || annotations.contains_key(LLM_METRICS_INTERVAL_ANNOTATION);
+    if tuned && !annotations.contains_key(LLM_LOAD_BALANCER_ANNOTATION) {
+        cx.warn(
+            &field(if annotations.contains_key(LLM_METRICS_PATH_ANNOTATION) {
+                LLM_METRICS_PATH_ANNOTATION
+            } else {
+                LLM_METRICS_INTERVAL_ANNOTATION
+            }),
+            format!("has no effect without `{LLM_LOAD_BALANCER_ANNOTATION}: llm-aware`"),
+        );
+    }
+    selected.then_some(llm)
 }
 
 fn traffic_policy(

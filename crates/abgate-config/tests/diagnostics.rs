@@ -145,6 +145,39 @@ fn malformed_duration() {
 }
 
 #[test]
+fn llm_balancer_annotations() {
+    let loaded = load(&[SERVICE, "llm-annotations.yaml"]);
+    let file = "llm-annotations.yaml";
+    assert_exactly(
+        &loaded,
+        &[
+            (
+                "IST0106",
+                Error,
+                file,
+                "MARK-VALUE",
+                r#"metadata.annotations["abgate.dev/load-balancer"]"#,
+            ),
+            (
+                "IST0106",
+                Error,
+                file,
+                "MARK-INTERVAL",
+                r#"metadata.annotations["abgate.dev/metrics-interval"]"#,
+            ),
+            (
+                "IST0133",
+                Warning,
+                file,
+                "MARK-UNUSED",
+                r#"metadata.annotations["abgate.dev/metrics-path"]"#,
+            ),
+        ],
+    );
+    assert!(message_of(&loaded, "IST0106").contains("`llm_aware` is not a load balancer"));
+}
+
+#[test]
 fn invalid_regex() {
     let loaded = load(&[SERVICE, RULE, "bad-regex.yaml"]);
     assert_exactly(

@@ -18,6 +18,7 @@ use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use abgate_config::model::LoadBalancer;
 use abgate_router::{now_ms, Cluster, RouteTable};
 use abgate_telemetry::Telemetry;
 
@@ -188,6 +189,23 @@ pub(crate) fn endpoints_json(table: &RouteTable) -> serde_json::Value {
     serde_json::json!({ "clusters": clusters })
 }
 
+/// The cluster's load balancer as its DestinationRule names it.
+fn balancer_json(lb: Option<&LoadBalancer>) -> serde_json::Value {
+    match lb {
+        None | Some(LoadBalancer::LeastRequest) => serde_json::json!("LEAST_REQUEST"),
+        Some(LoadBalancer::RoundRobin) => serde_json::json!("ROUND_ROBIN"),
+        Some(LoadBalancer::Random) => serde_json::json!("RANDOM"),
+        Some(LoadBalancer::Passthrough) => serde_json::json!("PASSTHROUGH"),
+        Some(LoadBalancer::ConsistentHash(_)) => serde_json::json!("CONSISTENT_HASH"),
+        Some(LoadBalancer::LlmAware(llm)) => serde_json::json!({
+            "llmAware": {
+                "metricsPath": llm.metrics_path,
+                "interval": humantime::format_duration(llm.interval).to_string(),
+            }
+        }),
+    }
+}
+
 fn cluster_json(c: &Cluster, now: u64, wall: std::time::SystemTime) -> serde_json::Value {
     let limit = |v: u32| (v != u32::MAX).then_some(v);
     let stats = c.state.stats();
@@ -221,6 +239,11 @@ fn cluster_json(c: &Cluster, now: u64, wall: std::time::SystemTime) -> serde_jso
                 "consecutive5xx": state.consecutive_5xx,
                 "consecutiveGatewayErrors": state.consecutive_gateway_errors,
                 "activeRequests": state.active,
+                "load": state.load.map(|r| serde_json::json!({
+                    "requestsWaiting": r.waiting,
+                    "kvCacheUsage": f64::from(r.kv_milli) / 1000.0,
+                    "ageMs": r.age_ms,
+                })),
             })
         })
         .collect();
@@ -241,6 +264,7 @@ fn cluster_json(c: &Cluster, now: u64, wall: std::time::SystemTime) -> serde_jso
             "overflows": stats.overflows,
         },
         "outlierDetection": outlier,
+        "loadBalancer": balancer_json(c.policy.load_balancer.as_ref()),
         "endpoints": endpoints,
     })
 }

@@ -8,6 +8,7 @@ mod body;
 mod cors;
 mod error;
 mod headers;
+mod load_scraper;
 mod meter;
 mod observe;
 mod service;
@@ -35,6 +36,7 @@ use tokio::task::JoinSet;
 pub use admin::{AdminApi, ApiFuture, ApiRequest};
 pub use body::ProxyBody;
 pub use error::{error_response, ProxyError, FLAGS_HEADER};
+use load_scraper::LoadScrapers;
 pub use observe::AccessLogTarget;
 use observe::Observers;
 pub use service::{ConnInfo, Shared};
@@ -138,6 +140,7 @@ pub struct Control {
     shared: Arc<Shared>,
     live: std::sync::Mutex<Live>,
     build_options: BuildOptions,
+    scrapers: LoadScrapers,
     /// Bound proxy listeners: route-table port, actual address, TLS.
     pub listeners: Vec<(u16, SocketAddr, bool)>,
     /// The admin listener's address.
@@ -307,7 +310,9 @@ impl Control {
         for note in &table.notes {
             tracing::warn!("{note}");
         }
-        self.shared.table.store(Arc::new(table));
+        let table = Arc::new(table);
+        self.shared.table.store(Arc::clone(&table));
+        self.scrapers.sync(&table);
     }
 }
 
@@ -479,6 +484,8 @@ pub async fn start_with(
         stopped.clone(),
     ));
     tasks.spawn(housekeep(Arc::clone(&telemetry), stopped.clone()));
+    let scrapers = LoadScrapers::new(stopped.clone());
+    scrapers.sync(&shared.table.load());
     ready.store(true, Ordering::SeqCst);
     let control = Arc::new(Control {
         api,
@@ -488,6 +495,7 @@ pub async fn start_with(
             ..Live::default()
         }),
         build_options,
+        scrapers,
         listeners: bound,
         admin: admin_addr,
     });

@@ -18,6 +18,13 @@ pub enum Balancer {
     LeastRequest,
     /// Uniformly at random.
     Random,
+    /// The endpoint with the least load, counting the gateway's requests in flight to it
+    /// and the queue and KV-cache use the server itself reports; least request while
+    /// any candidate's report is missing or older than `max_age_ms`.
+    LlmAware {
+        /// The oldest report still trusted, in ms.
+        max_age_ms: u64,
+    },
     /// A hash of the request key placed on a ring or a maglev table.
     ConsistentHash {
         /// What to hash.
@@ -46,6 +53,9 @@ impl Balancer {
             }
             Some(LoadBalancer::RoundRobin) => Balancer::RoundRobin(AtomicUsize::new(0)),
             Some(LoadBalancer::Random) => Balancer::Random,
+            Some(LoadBalancer::LlmAware(llm)) => Balancer::LlmAware {
+                max_age_ms: llm_max_age(llm.interval),
+            },
             Some(LoadBalancer::ConsistentHash(ch)) => {
                 let names: Vec<&str> = endpoints.iter().map(|e| e.authority.as_str()).collect();
                 let table = match ch.algorithm {
@@ -74,14 +84,15 @@ impl Balancer {
 
     /// Picks an endpoint index among `endpoints` (never empty). `hash` is the request
     /// key's hash for consistent hashing (a random pick when the key is absent);
-    /// `random` supplies uniform draws.
+    /// `random` supplies uniform draws; `now` is [`now_ms`](crate::cluster::now_ms).
     pub fn pick(
         &self,
         endpoints: &[std::sync::Arc<Endpoint>],
         hash: Option<u64>,
         random: &mut dyn FnMut() -> u64,
+        now: u64,
     ) -> usize {
-        self.pick_among(endpoints, None, hash, random)
+        self.pick_among(endpoints, None, hash, random, now)
     }
 
     /// Like [`Balancer::pick`], restricted to the indexes in `among` (ascending, not
@@ -94,6 +105,7 @@ impl Balancer {
         among: Option<&[usize]>,
         hash: Option<u64>,
         random: &mut dyn FnMut() -> u64,
+        now: u64,
     ) -> usize {
         let among = among.filter(|a| !a.is_empty());
         let n = among.map_or(endpoints.len(), <[usize]>::len);
@@ -104,18 +116,23 @@ impl Balancer {
         match self {
             Balancer::RoundRobin(next) => at(next.fetch_add(1, Ordering::Relaxed) % n),
             Balancer::Random => at((random() % n as u64) as usize),
-            Balancer::LeastRequest => {
-                let a = (random() % n as u64) as usize;
-                let mut b = (random() % (n as u64 - 1)) as usize;
-                if b >= a {
-                    b += 1;
+            Balancer::LeastRequest => least_request(endpoints, n, at, random),
+            Balancer::LlmAware { max_age_ms } => {
+                // Scanned from a random place so that equal costs share the traffic.
+                let start = (random() % n as u64) as usize;
+                let mut best: Option<(u64, usize)> = None;
+                for k in 0..n {
+                    let i = at((start + k) % n);
+                    let endpoint = &endpoints[i];
+                    let Some(reading) = endpoint.load.fresh(now, *max_age_ms) else {
+                        return least_request(endpoints, n, at, random);
+                    };
+                    let cost = llm_cost(endpoint.active(), reading.waiting, reading.kv_milli);
+                    if best.is_none_or(|(lowest, _)| cost < lowest) {
+                        best = Some((cost, i));
+                    }
                 }
-                let (a, b) = (at(a), at(b));
-                if endpoints[b].active() < endpoints[a].active() {
-                    b
-                } else {
-                    a
-                }
+                best.map_or_else(|| at(0), |(_, i)| i)
             }
             Balancer::ConsistentHash { table, .. } => {
                 let h = hash.unwrap_or_else(&mut *random);
@@ -142,6 +159,44 @@ impl Balancer {
             }
         }
     }
+}
+
+/// The less busy of two distinct random candidates (Envoy's least request with its
+/// default choice count); `at` maps a candidate number to an endpoint index.
+fn least_request(
+    endpoints: &[std::sync::Arc<Endpoint>],
+    n: usize,
+    at: impl Fn(usize) -> usize,
+    random: &mut dyn FnMut() -> u64,
+) -> usize {
+    let a = (random() % n as u64) as usize;
+    let mut b = (random() % (n as u64 - 1)) as usize;
+    if b >= a {
+        b += 1;
+    }
+    let (a, b) = (at(a), at(b));
+    if endpoints[b].active() < endpoints[a].active() {
+        b
+    } else {
+        a
+    }
+}
+
+/// The LLM-aware cost of sending one more request to an endpoint, in thousandths of a
+/// request: every request ahead of it counts one (the gateway's own in flight, which
+/// moves at once, and the server's queue, which also holds other clients' requests), and
+/// KV-cache use breaks ties (a full cache counts as one more request: the server is
+/// about to queue).
+pub fn llm_cost(in_flight: u32, waiting: u32, kv_milli: u32) -> u64 {
+    (u64::from(in_flight) + u64::from(waiting)) * 1000 + u64::from(kv_milli.min(1000))
+}
+
+/// How long a load report stays trusted: four reading intervals, and at least a second,
+/// so one slow or lost reading does not switch the balancer to its fallback.
+pub fn llm_max_age(interval: std::time::Duration) -> u64 {
+    u64::try_from(interval.as_millis().saturating_mul(4))
+        .unwrap_or(u64::MAX)
+        .max(1000)
 }
 
 /// 64-bit FNV-1a with a final avalanche, stable across processes and versions so that
@@ -238,7 +293,7 @@ mod tests {
         let eps = endpoints(3);
         let lb = Balancer::new(Some(&LoadBalancer::RoundRobin), &eps);
         let mut rnd = counter();
-        let picks: Vec<_> = (0..6).map(|_| lb.pick(&eps, None, &mut rnd)).collect();
+        let picks: Vec<_> = (0..6).map(|_| lb.pick(&eps, None, &mut rnd, 1)).collect();
         assert_eq!(picks, [0, 1, 2, 0, 1, 2]);
     }
 
@@ -248,7 +303,70 @@ mod tests {
         let _busy = eps[0].start();
         let lb = Balancer::new(None, &eps);
         let mut rnd = counter();
-        assert!((0..50).all(|_| lb.pick(&eps, None, &mut rnd) == 1));
+        assert!((0..50).all(|_| lb.pick(&eps, None, &mut rnd, 1) == 1));
+    }
+
+    fn report(endpoint: &Endpoint, waiting: u32, kv_cache: f64, now: u64) {
+        endpoint
+            .load
+            .set(crate::load::ServerLoad { waiting, kv_cache }, now);
+    }
+
+    #[test]
+    fn llm_aware_sends_to_the_shortest_queue_counting_its_own_requests() {
+        let eps = endpoints(3);
+        let lb = Balancer::new(Some(&LoadBalancer::LlmAware(Default::default())), &eps);
+        let now = 5_000;
+        report(&eps[0], 4, 0.9, now);
+        report(&eps[1], 1, 0.5, now);
+        report(&eps[2], 2, 0.2, now);
+        let mut rnd = counter();
+        assert!((0..20).all(|_| lb.pick(&eps, None, &mut rnd, now) == 1));
+        // Two requests of the gateway's own in flight on the winner: 1 + 2 > 2 + 0 ahead.
+        let _in_flight = [eps[1].start(), eps[1].start()];
+        assert!((0..20).all(|_| lb.pick(&eps, None, &mut rnd, now) == 2));
+        // Equal queues (three requests ahead everywhere but on 1): the emptier KV cache wins.
+        report(&eps[0], 3, 0.9, now);
+        report(&eps[1], 2, 0.0, now);
+        report(&eps[2], 3, 0.95, now);
+        assert!((0..20).all(|_| lb.pick(&eps, None, &mut rnd, now) == 0));
+    }
+
+    #[test]
+    fn llm_aware_shares_ties_evenly() {
+        let eps = endpoints(4);
+        let lb = Balancer::new(Some(&LoadBalancer::LlmAware(Default::default())), &eps);
+        for e in &eps {
+            report(e, 0, 0.0, 10);
+        }
+        let mut rnd = counter();
+        let mut counts = [0usize; 4];
+        for _ in 0..4000 {
+            counts[lb.pick(&eps, None, &mut rnd, 10)] += 1;
+        }
+        // Uniform over 4: sd of a count is sqrt(4000 * 1/4 * 3/4) ~ 27; 5 sd is 137.
+        assert!(counts.iter().all(|&c| c.abs_diff(1000) < 137), "{counts:?}");
+    }
+
+    #[test]
+    fn llm_aware_falls_back_to_least_request_without_fresh_reports() {
+        let eps = endpoints(2);
+        let llm = crate::balancer::LoadBalancer::LlmAware(Default::default());
+        let lb = Balancer::new(Some(&llm), &eps);
+        let max_age = llm_max_age(std::time::Duration::from_millis(250));
+        assert_eq!(max_age, 1000);
+        // Endpoint 1 reports an empty queue but also has the gateway's requests; endpoint
+        // 0 reports a long queue. Fresh, the queue decides; one report stale or missing,
+        // only the gateway's own counts do.
+        let _busy = [eps[1].start(), eps[1].start()];
+        report(&eps[0], 10, 0.0, 1);
+        report(&eps[1], 0, 0.0, 1);
+        let mut rnd = counter();
+        assert!((0..20).all(|_| lb.pick(&eps, None, &mut rnd, 1 + max_age) == 1));
+        assert!((0..20).all(|_| lb.pick(&eps, None, &mut rnd, 2 + max_age) == 0));
+        report(&eps[0], 10, 0.0, 5_000);
+        eps[1].load.clear();
+        assert!((0..20).all(|_| lb.pick(&eps, None, &mut rnd, 5_000) == 0));
     }
 
     #[test]
@@ -269,8 +387,8 @@ mod tests {
             let mut counts = [0usize; 4];
             for user in 0..4000 {
                 let h = hash64(format!("user-{user}").as_bytes());
-                let first = lb.pick(&eps, Some(h), &mut rnd);
-                assert_eq!(first, lb.pick(&eps, Some(h), &mut rnd));
+                let first = lb.pick(&eps, Some(h), &mut rnd, 1);
+                assert_eq!(first, lb.pick(&eps, Some(h), &mut rnd, 1));
                 counts[first] += 1;
             }
             // Each endpoint's share is near 1/4: a ring of 1024 points or a maglev table
@@ -290,6 +408,7 @@ mod tests {
             None,
             Some(LoadBalancer::RoundRobin),
             Some(LoadBalancer::Random),
+            Some(LoadBalancer::LlmAware(Default::default())),
             Some(LoadBalancer::ConsistentHash(ConsistentHash {
                 key: HashKey::Header("u".into()),
                 algorithm: HashAlgorithm::RingHash {
@@ -306,7 +425,7 @@ mod tests {
             let mut seen = [0usize; 4];
             for user in 0..400 {
                 let h = hash64(format!("user-{user}").as_bytes());
-                seen[lb.pick_among(&eps, Some(&among), Some(h), &mut rnd)] += 1;
+                seen[lb.pick_among(&eps, Some(&among), Some(h), &mut rnd, 1)] += 1;
             }
             assert_eq!((seen[0], seen[2]), (0, 0), "{policy:?} {seen:?}");
             assert!(seen[1] > 0 && seen[3] > 0, "{policy:?} {seen:?}");
@@ -326,8 +445,8 @@ mod tests {
         let mut rnd = counter();
         for user in 0..500 {
             let h = hash64(format!("user-{user}").as_bytes());
-            let all = lb.pick(&eps, Some(h), &mut rnd);
-            let without_2 = lb.pick_among(&eps, Some(&[0, 1]), Some(h), &mut rnd);
+            let all = lb.pick(&eps, Some(h), &mut rnd, 1);
+            let without_2 = lb.pick_among(&eps, Some(&[0, 1]), Some(h), &mut rnd, 1);
             if all != 2 {
                 assert_eq!(all, without_2, "a key off the ejected endpoint stays put");
             }

@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use abgate_config::model::{ConnectionPool, OutlierDetection, TrafficPolicy};
 
 use crate::balancer::Balancer;
+use crate::load::{LoadReport, Reading};
 
 /// Milliseconds on a process-wide monotonic clock; never 0 (0 means "never" below).
 pub fn now_ms() -> u64 {
@@ -53,6 +54,8 @@ pub struct Endpoint {
     pub authority: String,
     /// The endpoint's labels (`version` names it in metrics).
     pub labels: BTreeMap<String, String>,
+    /// The server's own load report, for the LLM-aware balancer.
+    pub load: LoadReport,
     active: AtomicU32,
     health: Health,
 }
@@ -90,6 +93,8 @@ pub struct EndpointState {
     pub ejection_backoff: u32,
     /// Requests in flight to it.
     pub active: u32,
+    /// The latest load report read from it, however old.
+    pub load: Option<Reading>,
 }
 
 impl Endpoint {
@@ -98,6 +103,7 @@ impl Endpoint {
         Self {
             authority,
             labels,
+            load: LoadReport::default(),
             active: AtomicU32::new(0),
             health: Health::default(),
         }
@@ -129,6 +135,7 @@ impl Endpoint {
             ejections: self.health.ejections.load(Ordering::Relaxed),
             ejection_backoff: self.health.backoff.load(Ordering::Relaxed),
             active: self.active(),
+            load: self.load.fresh(now, u64::MAX),
         }
     }
 
@@ -511,13 +518,17 @@ impl Cluster {
                     let among: Vec<usize> = (0..n)
                         .filter(|i| !self.endpoints[*i].is_ejected(now))
                         .collect();
-                    return self
-                        .balancer
-                        .pick_among(&self.endpoints, Some(&among), hash, random);
+                    return self.balancer.pick_among(
+                        &self.endpoints,
+                        Some(&among),
+                        hash,
+                        random,
+                        now,
+                    );
                 }
             }
         }
-        self.balancer.pick(&self.endpoints, hash, random)
+        self.balancer.pick(&self.endpoints, hash, random, now)
     }
 
     /// Asks for a place in the cluster's limits for one upstream attempt. `http1`: the

@@ -9,6 +9,7 @@
 
 pub mod balancer;
 pub mod cluster;
+pub mod load;
 pub mod request;
 pub mod split;
 pub mod sticky;

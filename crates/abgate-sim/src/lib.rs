@@ -49,9 +49,14 @@ pub struct SimArgs {
     pub latency_jitter: f64,
     /// Simulated batch size: requests in flight beyond it are reported as waiting
     /// (`vllm:num_requests_waiting`), and `vllm:kv_cache_usage_perc` is running / this.
-    /// It only shapes the metrics; requests are never queued.
+    /// Without `--queue` it only shapes the metrics.
     #[arg(long, default_value_t = 64)]
     pub max_concurrency: u32,
+    /// Serve at most `--max-concurrency` generation requests at once; the others wait in
+    /// arrival order before their first token, as vLLM's scheduler queues them. Makes a
+    /// small `--max-concurrency` a slow server under load.
+    #[arg(long)]
+    pub queue: bool,
     /// Length of the vectors returned by `/v1/embeddings`.
     #[arg(long, default_value_t = 8)]
     pub embedding_dim: u32,

@@ -19,6 +19,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use rand::rngs::SmallRng;
 use rand::{Rng, RngCore};
 use tokio::net::TcpListener;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::body::SimBody;
 use crate::config::{scale, Config};
@@ -119,6 +120,8 @@ pub(crate) struct Sim {
     requests: AtomicU64,
     models_body: Bytes,
     injected_error_body: Bytes,
+    /// Places in the batch, when requests beyond it queue (`--queue`).
+    batch: Option<Arc<Semaphore>>,
 }
 
 impl Sim {
@@ -147,6 +150,9 @@ impl Sim {
             injected_error_body: injected_error_body.into(),
             metrics: Metrics::default(),
             requests: AtomicU64::new(0),
+            batch: args
+                .queue
+                .then(|| Arc::new(Semaphore::new(cfg.max_concurrency as usize))),
             cfg,
         })
     }
@@ -159,12 +165,20 @@ impl Sim {
 
 /// A generation request in flight: holds the server state and keeps the in-flight
 /// gauge up until dropped (at the end of the response or when the client goes away).
-pub(crate) struct Active(Arc<Sim>);
+pub(crate) struct Active(Arc<Sim>, Option<OwnedSemaphorePermit>);
 
 impl Active {
     fn new(sim: Arc<Sim>) -> Self {
         sim.metrics.request_started();
-        Self(sim)
+        Self(sim, None)
+    }
+
+    /// Waits for a place in the batch when the server queues (`--queue`).
+    async fn admitted(mut self) -> Self {
+        if let Some(batch) = &self.0.batch {
+            self.1 = Arc::clone(batch).acquire_owned().await.ok();
+        }
+        self
     }
 }
 
@@ -206,7 +220,7 @@ fn route(method: &Method, path: &str) -> Route {
 async fn handle(sim: Arc<Sim>, req: Request<Incoming>) -> Result<Response<SimBody>, Infallible> {
     Ok(match route(req.method(), req.uri().path()) {
         Route::Text(api) => match read_request(Active::new(sim), req).await {
-            Ok((active, request)) => text(active, request, api).await,
+            Ok((active, request)) => text(active.admitted().await, request, api).await,
             Err(res) => res,
         },
         Route::Embeddings => match read_request(Active::new(sim), req).await {

@@ -370,6 +370,60 @@ async fn gauges_count_in_flight_requests_beyond_max_concurrency_as_waiting() {
 }
 
 #[tokio::test]
+async fn queue_serves_at_most_max_concurrency_at_once_in_arrival_order() {
+    // One place in the batch and 300 ms per request: three requests sent together finish
+    // one after another, about 300, 600 and 900 ms after they were sent.
+    let server = TestServer::start(SimArgs {
+        ttft_ms: 300,
+        max_concurrency: 1,
+        queue: true,
+        ..args()
+    })
+    .await;
+    let client = http1_client();
+    let url = server.url(CHAT);
+    let sent = std::time::Instant::now();
+    let requests: Vec<_> = (0..3)
+        .map(|_| {
+            let client = client.clone();
+            let url = url.clone();
+            tokio::spawn(async move {
+                let answer = post(
+                    &client,
+                    &url,
+                    r#"{"messages":[{"role":"user","content":"hi"}]}"#,
+                )
+                .await;
+                (answer.0, sent.elapsed())
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let (_, bytes) = get(&client, &server.url("/metrics")).await;
+    let text = String::from_utf8(bytes.to_vec()).unwrap();
+    let label = "{model_name=\"test-model\"} ";
+    assert_eq!(
+        sample(&text, &format!("vllm:num_requests_waiting{label}")),
+        2.0
+    );
+    let mut finished = Vec::new();
+    for request in requests {
+        let (status, elapsed) = request.await.unwrap();
+        assert_eq!(status, StatusCode::OK);
+        finished.push(elapsed);
+    }
+    finished.sort();
+    for (i, elapsed) in finished.iter().enumerate() {
+        let served_after = Duration::from_millis(300 * (i as u64 + 1));
+        assert!(
+            *elapsed >= served_after,
+            "request {i} done after {elapsed:?}"
+        );
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn malformed_json_is_a_400_openai_error() {
     let server = TestServer::start(args()).await;
     let client = http1_client();

@@ -221,10 +221,10 @@ fn route(data: &[u8]) {
         .balancer
         .hash_key()
         .and_then(|k| hash_of(k, &headers, uri.query()));
-    let index = cluster.balancer.pick(endpoints, hash, &mut draw);
+    let index = cluster.balancer.pick(endpoints, hash, &mut draw, abgate_router::now_ms());
     assert!(index < endpoints.len(), "balancer picked {index} of {}", endpoints.len());
     if hash.is_some() {
-        let again = cluster.balancer.pick(endpoints, hash, &mut draw);
+        let again = cluster.balancer.pick(endpoints, hash, &mut draw, abgate_router::now_ms());
         if matches!(cluster.balancer, abgate_router::Balancer::ConsistentHash { .. }) {
             assert_eq!(index, again, "consistent hash is not consistent");
         }
