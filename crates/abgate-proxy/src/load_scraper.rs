@@ -141,7 +141,7 @@ async fn scrape(
             Ok(Ok(load)) => {
                 let now = now_ms();
                 for endpoint in &endpoints {
-                    endpoint.load.set(load, now);
+                    endpoint.load.set(load, now, endpoint.active());
                 }
                 if failing {
                     tracing::info!(%url, "reading the endpoint's load again");

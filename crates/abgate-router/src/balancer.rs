@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use abgate_config::model::{HashAlgorithm, HashKey, LoadBalancer};
 
 use crate::cluster::Endpoint;
+use crate::load::Reading;
 
 /// A cluster's load balancer, ready to pick.
 #[derive(Debug)]
@@ -127,7 +128,7 @@ impl Balancer {
                     let Some(reading) = endpoint.load.fresh(now, *max_age_ms) else {
                         return least_request(endpoints, n, at, random);
                     };
-                    let cost = llm_cost(endpoint.active(), reading.waiting, reading.kv_milli);
+                    let cost = llm_cost(endpoint.active(), &reading);
                     if best.is_none_or(|(lowest, _)| cost < lowest) {
                         best = Some((cost, i));
                     }
@@ -183,13 +184,21 @@ fn least_request(
 }
 
 /// The LLM-aware cost of sending one more request to an endpoint, in thousandths of a
-/// request: every request ahead of it counts one (the gateway's own in flight, which
-/// moves at once, and the server's queue, which also holds other clients' requests), and
-/// KV-cache use breaks ties (a full cache counts as one more request: the server is
-/// about to queue).
-pub fn llm_cost(in_flight: u32, waiting: u32, kv_milli: u32) -> u64 {
-    (u64::from(in_flight) + u64::from(waiting)) * 1000 + u64::from(kv_milli.min(1000))
+/// queued request. A model server batches what it runs, so a request it can start at
+/// once costs little whatever else runs; what makes it wait is the queue. So: each
+/// request in its queue counts one (other clients' too); each request the gateway sent
+/// it since the reading counts one as well (the reading cannot show them yet, and
+/// counting them keeps every pick between two readings from going to the same place);
+/// and KV-cache use counts up to [`KV_CACHE_WEIGHT`] (a full cache means the next
+/// request queues), which also orders servers that have no queue by how full they are.
+pub fn llm_cost(in_flight: u32, reading: &Reading) -> u64 {
+    let since_reading = in_flight.saturating_sub(reading.in_flight);
+    (u64::from(reading.waiting) + u64::from(since_reading)) * 1000
+        + u64::from(reading.kv_milli.min(1000)) * KV_CACHE_WEIGHT / 1000
 }
+
+/// What a full KV cache costs, in thousandths of a queued request.
+pub const KV_CACHE_WEIGHT: u64 = 2000;
 
 /// How long a load report stays trusted: four reading intervals, and at least a second,
 /// so one slow or lost reading does not switch the balancer to its fallback.
@@ -306,30 +315,57 @@ mod tests {
         assert!((0..50).all(|_| lb.pick(&eps, None, &mut rnd, 1) == 1));
     }
 
+    /// Stores a reading taken at `now`, with the gateway's requests in flight as they are.
     fn report(endpoint: &Endpoint, waiting: u32, kv_cache: f64, now: u64) {
-        endpoint
-            .load
-            .set(crate::load::ServerLoad { waiting, kv_cache }, now);
+        endpoint.load.set(
+            crate::load::ServerLoad { waiting, kv_cache },
+            now,
+            endpoint.active(),
+        );
     }
 
     #[test]
-    fn llm_aware_sends_to_the_shortest_queue_counting_its_own_requests() {
+    fn llm_aware_sends_to_the_shortest_queue_then_the_emptiest_cache() {
         let eps = endpoints(3);
         let lb = Balancer::new(Some(&LoadBalancer::LlmAware(Default::default())), &eps);
         let now = 5_000;
         report(&eps[0], 4, 0.9, now);
-        report(&eps[1], 1, 0.5, now);
+        report(&eps[1], 1, 1.0, now);
         report(&eps[2], 2, 0.2, now);
         let mut rnd = counter();
-        assert!((0..20).all(|_| lb.pick(&eps, None, &mut rnd, now) == 1));
-        // Two requests of the gateway's own in flight on the winner: 1 + 2 > 2 + 0 ahead.
-        let _in_flight = [eps[1].start(), eps[1].start()];
+        // Costs 5.8, 3.0 and 2.4 queued requests.
         assert!((0..20).all(|_| lb.pick(&eps, None, &mut rnd, now) == 2));
-        // Equal queues (three requests ahead everywhere but on 1): the emptier KV cache wins.
-        report(&eps[0], 3, 0.9, now);
-        report(&eps[1], 2, 0.0, now);
-        report(&eps[2], 3, 0.95, now);
-        assert!((0..20).all(|_| lb.pick(&eps, None, &mut rnd, now) == 0));
+        // No queue anywhere: the emptiest cache, however many requests the gateway has
+        // there (a batching server starts them all at once).
+        let _running = [eps[1].start(), eps[1].start(), eps[1].start()];
+        report(&eps[0], 0, 0.9, now);
+        report(&eps[1], 0, 0.3, now);
+        report(&eps[2], 0, 0.5, now);
+        assert!((0..20).all(|_| lb.pick(&eps, None, &mut rnd, now) == 1));
+    }
+
+    #[test]
+    fn llm_aware_counts_what_it_sent_since_the_last_reading() {
+        let eps = endpoints(2);
+        let lb = Balancer::new(Some(&LoadBalancer::LlmAware(Default::default())), &eps);
+        report(&eps[0], 0, 0.0, 10);
+        report(&eps[1], 0, 0.4, 10);
+        let mut rnd = counter();
+        // Between two readings the picks alternate instead of all going to the emptier
+        // server: each request sent there counts as queued until the next reading shows it.
+        let mut sent = Vec::new();
+        let mut picks = Vec::new();
+        for _ in 0..6 {
+            let i = lb.pick(&eps, None, &mut rnd, 10);
+            picks.push(i);
+            sent.push(eps[i].start());
+        }
+        assert_eq!(picks, [0, 1, 0, 1, 0, 1]);
+        // The next reading takes them in: 3 running on each, the costs start again from it.
+        report(&eps[0], 0, 0.75, 20);
+        report(&eps[1], 0, 0.25, 20);
+        assert_eq!(lb.pick(&eps, None, &mut rnd, 20), 1);
+        drop(sent);
     }
 
     #[test]
@@ -355,11 +391,12 @@ mod tests {
         let lb = Balancer::new(Some(&llm), &eps);
         let max_age = llm_max_age(std::time::Duration::from_millis(250));
         assert_eq!(max_age, 1000);
-        // Endpoint 1 reports an empty queue but also has the gateway's requests; endpoint
-        // 0 reports a long queue. Fresh, the queue decides; one report stale or missing,
+        // Endpoint 1 reports an empty queue but has the gateway's requests; endpoint 0
+        // reports a long queue. Fresh, the queue decides; one report stale or missing,
         // only the gateway's own counts do.
-        let _busy = [eps[1].start(), eps[1].start()];
         report(&eps[0], 10, 0.0, 1);
+        report(&eps[1], 0, 0.0, 1);
+        let _busy = [eps[1].start(), eps[1].start()];
         report(&eps[1], 0, 0.0, 1);
         let mut rnd = counter();
         assert!((0..20).all(|_| lb.pick(&eps, None, &mut rnd, 1 + max_age) == 1));

@@ -101,15 +101,19 @@ pub struct LoadReport {
     waiting: AtomicU32,
     /// KV-cache use in thousandths.
     kv_milli: AtomicU32,
+    /// The gateway's own requests in flight to the endpoint when the reading was stored.
+    in_flight: AtomicU32,
     /// [`now_ms`](crate::cluster::now_ms) of the reading; 0 when there is none (never
     /// read, or the last read failed).
     at: AtomicU64,
 }
 
 impl LoadReport {
-    /// Stores a reading taken at `now`.
-    pub fn set(&self, load: ServerLoad, now: u64) {
+    /// Stores a reading taken at `now`, when the gateway had `in_flight` requests at the
+    /// endpoint (the reading already counts those).
+    pub fn set(&self, load: ServerLoad, now: u64, in_flight: u32) {
         self.waiting.store(load.waiting, Ordering::Relaxed);
+        self.in_flight.store(in_flight, Ordering::Relaxed);
         self.kv_milli
             .store((load.kv_cache * 1000.0).round() as u32, Ordering::Relaxed);
         self.at.store(now, Ordering::Relaxed);
@@ -129,6 +133,7 @@ impl LoadReport {
         Some(Reading {
             waiting: self.waiting.load(Ordering::Relaxed),
             kv_milli: self.kv_milli.load(Ordering::Relaxed),
+            in_flight: self.in_flight.load(Ordering::Relaxed),
             age_ms: now.saturating_sub(at),
         })
     }
@@ -141,6 +146,8 @@ pub struct Reading {
     pub waiting: u32,
     /// KV-cache use in thousandths.
     pub kv_milli: u32,
+    /// The gateway's requests in flight to the endpoint when it was read.
+    pub in_flight: u32,
     /// How old the reading is, in ms.
     pub age_ms: u64,
 }
@@ -227,6 +234,7 @@ vllm:kv_cache_usage_perc{engine=\"1\",model_name=\"a\"} 0.875 1700000000000
                 kv_cache: 0.4,
             },
             100,
+            3,
         );
         let reading = report.fresh(150, 50).unwrap();
         assert_eq!(
