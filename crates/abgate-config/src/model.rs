@@ -869,6 +869,8 @@ pub struct Experiment {
     pub policy: PolicyKind,
     /// How a canary ramps.
     pub canary: CanaryPlan,
+    /// How a bandit allocates (read only by the `bandit` strategy).
+    pub bandit: BanditPlan,
     /// Requests each variant needs in the period before any verdict.
     pub min_samples: u64,
     /// Where analysis reads its figures.
@@ -949,6 +951,48 @@ impl Default for CanaryPlan {
             max_weight: 50,
         }
     }
+}
+
+/// A bandit's allocation: Thompson sampling over `reward`, every arm kept at
+/// `min_weight` percent or more, weights moved only once every arm has `min_samples`
+/// reward units in the period, a winner at `winner_probability`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BanditPlan {
+    /// What an arm is rewarded for.
+    pub reward: BanditReward,
+    /// The least share of traffic, percent, of every arm (default 5).
+    pub min_weight: u32,
+    /// Reward units every arm needs in a period before an update (default `minSamples`).
+    pub min_samples: u64,
+    /// The probability of being best that names (and promotes) a winner (default 0.95).
+    pub winner_probability: f64,
+}
+
+impl Default for BanditPlan {
+    fn default() -> Self {
+        Self {
+            reward: BanditReward::Success,
+            min_weight: 5,
+            min_samples: 100,
+            winner_probability: 0.95,
+        }
+    }
+}
+
+/// A bandit's reward.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BanditReward {
+    /// A response that is not an error.
+    Success,
+    /// A success within the SLO (each limit in milliseconds, when set).
+    Goodput {
+        /// Time to first token at most this.
+        ttft_ms: Option<f64>,
+        /// End-to-end duration at most this.
+        latency_ms: Option<f64>,
+    },
+    /// A score in [0, 1] posted to `POST /api/v1/experiments/{id}/feedback`.
+    Feedback,
 }
 
 /// An experiment variant.

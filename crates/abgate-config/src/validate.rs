@@ -2072,6 +2072,18 @@ fn experiment(cx: &mut Cx, meta: Meta, spec: wire::ExperimentSpec) -> Experiment
             }
         },
     };
+    let min_samples = match spec.analysis.as_ref().and_then(|a| a.min_samples) {
+        None => 100,
+        Some(n) if n >= 0 => n as u64,
+        Some(n) => {
+            cx.error(
+                &spec_path.key("analysis").key("minSamples"),
+                format!("minSamples must not be negative, got {n}"),
+            );
+            100
+        }
+    };
+    let bandit = bandit_plan(cx, &spec_path, &spec, variants.len(), min_samples);
     let progress_deadline =
         cx.duration(&spec_path.key("progressDeadline"), &spec.progress_deadline);
     let failure_limit = cx
@@ -2113,17 +2125,6 @@ fn experiment(cx: &mut Cx, meta: Meta, spec: wire::ExperimentSpec) -> Experiment
             })
         })
         .collect();
-    let min_samples = match spec.analysis.as_ref().and_then(|a| a.min_samples) {
-        None => 100,
-        Some(n) if n >= 0 => n as u64,
-        Some(n) => {
-            cx.error(
-                &spec_path.key("analysis").key("minSamples"),
-                format!("minSamples must not be negative, got {n}"),
-            );
-            100
-        }
-    };
     let interval = cx
         .duration(&spec_path.key("interval"), &spec.interval)
         .unwrap_or(Duration::from_secs(300));
@@ -2158,6 +2159,7 @@ fn experiment(cx: &mut Cx, meta: Meta, spec: wire::ExperimentSpec) -> Experiment
         rollback_criteria: spec.rollback_criteria,
         policy,
         canary,
+        bandit,
         min_samples,
         metric_source,
         progress_deadline,
@@ -2165,6 +2167,103 @@ fn experiment(cx: &mut Cx, meta: Meta, spec: wire::ExperimentSpec) -> Experiment
         gates,
         meta,
     }
+}
+
+/// A bandit's allocation from `spec.bandit`, with its defaults; checked even when the
+/// strategy is not `bandit` (where it is not read, which a warning says).
+fn bandit_plan(
+    cx: &mut Cx,
+    spec_path: &FieldPath,
+    spec: &wire::ExperimentSpec,
+    variants: usize,
+    min_samples: u64,
+) -> BanditPlan {
+    let mut plan = BanditPlan {
+        min_samples,
+        ..BanditPlan::default()
+    };
+    let Some(b) = &spec.bandit else {
+        return plan;
+    };
+    let f = spec_path.key("bandit");
+    if spec.strategy.as_deref() != Some("bandit") {
+        cx.warn(
+            &f,
+            "bandit settings are read only by `strategy: bandit`; this experiment ignores them",
+        );
+    }
+    let positive_ms = |cx: &mut Cx, field: FieldPath, v: Option<f64>| -> Option<f64> {
+        match v {
+            Some(ms) if ms.is_finite() && ms > 0.0 => Some(ms),
+            Some(ms) => {
+                cx.error(
+                    &field,
+                    format!("must be a positive number of milliseconds, got {ms}"),
+                );
+                None
+            }
+            None => None,
+        }
+    };
+    plan.reward = match b.reward.as_deref().unwrap_or("success") {
+        "success" => BanditReward::Success,
+        "feedback" => BanditReward::Feedback,
+        "goodput" => {
+            let slo = b.slo.clone().unwrap_or_default();
+            let ttft_ms = positive_ms(cx, f.key("slo").key("ttftMs"), slo.ttft_ms);
+            let latency_ms = positive_ms(cx, f.key("slo").key("latencyMs"), slo.latency_ms);
+            if ttft_ms.is_none() && latency_ms.is_none() {
+                cx.error(
+                    &f.key("slo"),
+                    "reward goodput needs an SLO: slo.ttftMs, slo.latencyMs or both",
+                );
+            }
+            BanditReward::Goodput {
+                ttft_ms,
+                latency_ms,
+            }
+        }
+        other => {
+            cx.error(
+                &f.key("reward"),
+                format!("`{other}` is not success, goodput or feedback"),
+            );
+            BanditReward::Success
+        }
+    };
+    if b.slo.is_some() && !matches!(plan.reward, BanditReward::Goodput { .. }) {
+        cx.warn(&f.key("slo"), "slo is read only by reward goodput");
+    }
+    if let Some(w) = b.min_weight {
+        match u32::try_from(w) {
+            Ok(w) if variants > 0 && u64::from(w) * variants as u64 >= 100 => cx.error(
+                &f.key("minWeight"),
+                format!("minWeight {w}% for each of {variants} variants leaves nothing for the bandit to allocate: minWeight × variants must be below 100"),
+            ),
+            Ok(w) => plan.min_weight = w,
+            Err(_) => cx.error(&f.key("minWeight"), format!("must be a percentage, got {w}")),
+        }
+    }
+    if let Some(n) = b.min_samples {
+        match u64::try_from(n) {
+            Ok(n) => plan.min_samples = n,
+            Err(_) => cx.error(
+                &f.key("minSamples"),
+                format!("minSamples must not be negative, got {n}"),
+            ),
+        }
+    }
+    if let Some(p) = b.winner_probability {
+        if p.is_finite() && p > 0.5 && p < 1.0 {
+            plan.winner_probability = p;
+        } else {
+            cx.error(
+                &f.key("winnerProbability"),
+                format!("winnerProbability must be above 0.5 and below 1, got {p}"),
+            );
+        }
+    }
+    plan
 }
 
 #[cfg(test)]

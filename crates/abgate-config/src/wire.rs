@@ -809,6 +809,8 @@ pub struct ExperimentSpec {
     pub policy: Option<String>,
     /// How a canary ramps.
     pub canary: Option<CanarySpec>,
+    /// How a `bandit` allocates: its reward, floor, winner threshold.
+    pub bandit: Option<BanditSpec>,
     /// How much evidence analysis needs.
     pub analysis: Option<AnalysisSpec>,
     /// Where analysis reads each variant's figures.
@@ -849,6 +851,36 @@ pub struct CanarySpec {
     pub steps: Vec<i64>,
     /// The candidate weight at which the canary is promoted.
     pub max_weight: Option<i64>,
+}
+
+/// A `bandit` experiment's allocation (Thompson sampling).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BanditSpec {
+    /// What an arm is rewarded for: `success` (default: a response that is not an
+    /// error), `goodput` (a success within `slo`) or `feedback` (scores in [0, 1] posted
+    /// to the admin API).
+    pub reward: Option<String>,
+    /// The SLO a `goodput` reward is judged against.
+    pub slo: Option<SloSpec>,
+    /// The least share of traffic, in percent, every arm keeps (default 5).
+    pub min_weight: Option<i64>,
+    /// Reward units (requests, or feedback scores) every arm needs in a period before
+    /// the weights move or a winner is named (default `analysis.minSamples`).
+    pub min_samples: Option<i64>,
+    /// The probability of being best at which an arm is declared the winner and
+    /// promoted (default 0.95).
+    pub winner_probability: Option<f64>,
+}
+
+/// A latency SLO for goodput.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SloSpec {
+    /// Time to first token at most this many milliseconds.
+    pub ttft_ms: Option<f64>,
+    /// End-to-end request duration at most this many milliseconds.
+    pub latency_ms: Option<f64>,
 }
 
 /// Where analysis reads its figures.

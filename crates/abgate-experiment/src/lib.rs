@@ -20,7 +20,10 @@
 //! `_generate_final_report` as [`pick_winner`] and [`Report`].
 #![forbid(unsafe_code)]
 
+mod bandit;
+mod estimate;
 mod fmt;
+mod html;
 mod observe;
 mod policy;
 mod report;
@@ -30,14 +33,18 @@ mod split;
 mod state;
 mod step;
 
-pub use observe::{Observations, VariantObservation};
+pub use bandit::{period_rewards, DRAWS as BANDIT_DRAWS};
+pub use estimate::{compare, Comparison, Estimate, Metric, VariantEstimates, REPORT_ALPHA};
+pub use observe::{Observations, RewardTotals, VariantObservation};
 pub use policy::{fold, policy_for, Classic, Policy, Verdict};
-pub use report::{DecisionRecord, Report, TrafficPoint, VariantReport, VariantWeight};
+pub use report::{
+    DecisionRecord, Report, TimelinePoint, TrafficPoint, VariantReport, VariantWeight,
+};
 pub use score::{pick_winner, score, WinnerPick};
 pub use sequential::{planned_periods, Sequential};
 pub use split::{all_to, percentages};
 pub use state::{ExperimentState, InvalidState, Phase};
-pub use step::{apply, step, step_with, Decision, InvalidDecision};
+pub use step::{advance, apply, step, step_with, Decision, InvalidDecision};
 
 /// The name a strategy has in YAML (`canary`, `abtest`, ...).
 pub fn strategy_name(strategy: abgate_config::model::Strategy) -> &'static str {

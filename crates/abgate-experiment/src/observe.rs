@@ -4,6 +4,8 @@ use abgate_config::model::Experiment;
 use abgate_telemetry::WindowStats;
 use serde::{Deserialize, Serialize};
 
+use crate::estimate::VariantEstimates;
+
 /// One variant's figures over an observation range, as the seed's controller collected
 /// them (p95 latency, success rate, token rate), plus what the report shows.
 ///
@@ -84,6 +86,58 @@ pub struct Observations {
     /// so a policy that needs them must treat their absence as inconclusive.
     #[serde(skip)]
     pub stats: Vec<WindowStats>,
+    /// Feedback scores posted for each variant in the range (indexed like `variants`),
+    /// for a bandit rewarded by feedback; empty when none were read.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub feedback: Vec<RewardTotals>,
+    /// Each variant's estimates with their standard errors (indexed like `variants`),
+    /// computed from the raw windows when there are any, so that records keep them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub estimates: Vec<VariantEstimates>,
+}
+
+/// Sums of one arm's reward: `n` units, Σr and Σr², with every reward r in [0, 1] (a
+/// success counts 1, a failure 0; a feedback score its value).
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub struct RewardTotals {
+    /// Units rewarded or not (requests, or scores).
+    pub n: u64,
+    /// Σ reward.
+    pub sum: f64,
+    /// Σ reward².
+    pub sum_sq: f64,
+}
+
+impl RewardTotals {
+    /// `successes` of `n` binary rewards.
+    pub fn binary(n: u64, successes: u64) -> Self {
+        let s = successes.min(n) as f64;
+        Self {
+            n,
+            sum: s,
+            sum_sq: s,
+        }
+    }
+
+    /// One more reward `r` (clamped to [0, 1]).
+    pub fn add(&mut self, r: f64) {
+        let r = if r.is_nan() { 0.0 } else { r.clamp(0.0, 1.0) };
+        self.n += 1;
+        self.sum += r;
+        self.sum_sq += r * r;
+    }
+
+    /// Adds `other`'s sums to these.
+    pub fn merge(&mut self, other: &RewardTotals) {
+        self.n += other.n;
+        self.sum += other.sum;
+        self.sum_sq += other.sum_sq;
+    }
+
+    /// The mean reward, `None` without units.
+    pub fn mean(&self) -> Option<f64> {
+        (self.n > 0).then(|| self.sum / self.n as f64)
+    }
 }
 
 impl Observations {
@@ -98,11 +152,14 @@ impl Observations {
             .zip(&stats)
             .map(|(v, s)| VariantObservation::from_stats(&v.name, s))
             .collect();
+        let estimates = stats.iter().map(VariantEstimates::from_stats).collect();
         Self {
             variants,
             from,
             to,
             stats,
+            feedback: Vec::new(),
+            estimates,
         }
     }
 
@@ -117,7 +174,27 @@ impl Observations {
             from,
             to,
             stats: Vec::new(),
+            feedback: Vec::new(),
+            estimates: Vec::new(),
         }
+    }
+
+    /// Each variant's estimates: those kept, else the success rate from the counts.
+    pub fn estimates_or_counts(&self) -> Vec<VariantEstimates> {
+        if self.estimates.len() == self.variants.len() {
+            return self.estimates.clone();
+        }
+        self.variants
+            .iter()
+            .map(|v| VariantEstimates::from_counts(v.requests, v.errors))
+            .collect()
+    }
+
+    /// These observations with the feedback scores posted for each variant (indexed
+    /// like the variants).
+    pub fn with_feedback(mut self, feedback: Vec<RewardTotals>) -> Self {
+        self.feedback = feedback;
+        self
     }
 
     /// The raw windows of variant `i`, when the source provided them.

@@ -7,6 +7,7 @@ use abgate_config::model::Experiment;
 use abgate_telemetry::WindowStats;
 use serde::{Deserialize, Serialize};
 
+use crate::estimate::{compare, Comparison, Estimate, VariantEstimates, REPORT_ALPHA};
 use crate::fmt;
 use crate::observe::{Observations, VariantObservation};
 use crate::policy::policy_for;
@@ -108,6 +109,20 @@ pub struct TrafficPoint {
     pub cause: String,
 }
 
+/// One point of the metrics' history: each variant's estimates over its period so far,
+/// as a decision or an analysis saw them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TimelinePoint {
+    /// When, unix ms.
+    pub at: u64,
+    /// The period the estimates cover (from its start to `at`).
+    pub period: u32,
+    /// `analysis`, `now`, or the kind of decision taken on them.
+    pub source: String,
+    /// Each variant's estimates, indexed like the variants.
+    pub estimates: Vec<VariantEstimates>,
+}
+
 /// An experiment's report: the verdict and why, the variants' figures, traffic over time
 /// and the decision log.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -149,6 +164,15 @@ pub struct Report {
     pub traffic: Vec<TrafficPoint>,
     /// Every decision, oldest first.
     pub decisions: Vec<DecisionRecord>,
+    /// Per metric and candidate, against the baseline, over the last period: both
+    /// estimates, the absolute and relative effect with always-valid intervals at
+    /// `comparison_alpha`, and the p-value.
+    pub comparisons: Vec<Comparison>,
+    /// The level of `comparisons`' intervals.
+    pub comparison_alpha: f64,
+    /// The metrics' history: the estimates every decision (and analysis, when given)
+    /// was made on, oldest first.
+    pub timeline: Vec<TimelinePoint>,
 }
 
 impl Report {
@@ -222,6 +246,32 @@ impl Report {
                 }),
         );
         let baseline = &spec.variants[spec.baseline].name;
+        let names: Vec<String> = spec.variants.iter().map(|v| v.name.clone()).collect();
+        let comparisons = last
+            .as_ref()
+            .map_or_else(Vec::new, |o| compare(&names, spec.baseline, o));
+        let mut timeline: Vec<TimelinePoint> = decisions
+            .iter()
+            .filter(|d| !d.observations.variants.is_empty())
+            .map(|d| TimelinePoint {
+                at: d.at,
+                period: d.period,
+                source: d.kind.clone(),
+                estimates: d.observations.estimates_or_counts(),
+            })
+            .collect();
+        if !state.phase.is_terminal() {
+            if let Some(o) = periods.last().filter(|o| !o.variants.is_empty()) {
+                if timeline.last().is_none_or(|p| p.at < o.to) {
+                    timeline.push(TimelinePoint {
+                        at: o.to,
+                        period: state.period,
+                        source: "now".to_owned(),
+                        estimates: o.estimates_or_counts(),
+                    });
+                }
+            }
+        }
         Self {
             experiment_id: spec.id.clone(),
             description: spec.description.clone(),
@@ -240,7 +290,35 @@ impl Report {
             variants,
             traffic,
             decisions: decisions.to_vec(),
+            comparisons,
+            comparison_alpha: REPORT_ALPHA,
+            timeline,
         }
+    }
+
+    /// Adds the analyses that led to no decision (`(at, observations)`, as the state
+    /// store keeps them) to the timeline, each in the period whose split was then in
+    /// force.
+    pub fn with_analyses(mut self, analyses: &[(u64, Observations)]) -> Self {
+        for (at, obs) in analyses {
+            if obs.variants.len() != self.variants.len() || *at < self.started_at {
+                continue;
+            }
+            let period = self
+                .traffic
+                .iter()
+                .rev()
+                .find(|p| p.at <= *at)
+                .map_or(0, |p| p.period);
+            self.timeline.push(TimelinePoint {
+                at: *at,
+                period,
+                source: "analysis".to_owned(),
+                estimates: obs.estimates_or_counts(),
+            });
+        }
+        self.timeline.sort_by_key(|p| p.at);
+        self
     }
 
     /// Replaces the overall figures with `overall`, for a metric source that can
@@ -334,6 +412,44 @@ impl Report {
             }
         }
 
+        md.push_str("\n## Metrics, last period\n\n");
+        if self.comparisons.is_empty() {
+            md.push_str("No comparison yet: the last period has too little data.\n");
+        } else {
+            let _ = writeln!(
+                md,
+                "Each candidate against the baseline; intervals of the effects are always-valid at α {} (valid however often the report is read), the variants' own are 95% intervals.\n",
+                fmt::num(self.comparison_alpha, 4)
+            );
+            md.push_str("| Metric | Candidate | Candidate [95%] | Baseline [95%] | Absolute effect [interval] | Relative effect [interval] | p-value | Verdict |\n");
+            md.push_str("|---|---|--:|--:|--:|--:|--:|---|\n");
+            for c in &self.comparisons {
+                let _ = writeln!(
+                    md,
+                    "| {} | {} | {} | {} | {} [{}, {}] | {} | {} | {} |",
+                    c.metric.label(),
+                    cell(&c.candidate),
+                    estimate_cell(c.metric, &c.candidate_value),
+                    estimate_cell(c.metric, &c.baseline_value),
+                    metric_value(c.metric, c.absolute, true),
+                    metric_value(c.metric, c.absolute_interval[0], true),
+                    metric_value(c.metric, c.absolute_interval[1], true),
+                    if c.relative.is_finite() {
+                        format!(
+                            "{} [{}, {}]",
+                            fmt::signed_pct(c.relative),
+                            fmt::signed_pct(c.relative_interval[0]),
+                            fmt::signed_pct(c.relative_interval[1])
+                        )
+                    } else {
+                        "—".to_owned()
+                    },
+                    fmt::pval(c.p_value),
+                    c.verdict
+                );
+            }
+        }
+
         md.push_str("\n## Traffic over time\n\n| At | Period |");
         for n in &names {
             let _ = write!(md, " {} |", cell(n));
@@ -377,6 +493,39 @@ impl Report {
         }
         md
     }
+}
+
+/// A value of `metric` as reports print it: a rate with four decimals (a difference
+/// of rates in points), else with one decimal; `signed` for effects.
+pub(crate) fn metric_value(metric: crate::Metric, x: f64, signed: bool) -> String {
+    if !x.is_finite() {
+        return "—".to_owned();
+    }
+    let s = if metric == crate::Metric::SuccessRate {
+        if signed {
+            fmt::signed_points(x)
+        } else {
+            fmt::num(x, 4)
+        }
+    } else {
+        fmt::num(x, 1)
+    };
+    if signed && x > 0.0 && !s.starts_with('+') {
+        format!("+{s}")
+    } else {
+        s
+    }
+}
+
+/// An estimate with its 95% interval: `0.9912 [0.9901, 0.9923]`.
+pub(crate) fn estimate_cell(metric: crate::Metric, e: &Estimate) -> String {
+    format!(
+        "{} [{}, {}] (n {})",
+        metric_value(metric, e.value, false),
+        metric_value(metric, e.lower(), false),
+        metric_value(metric, e.upper(), false),
+        e.n
+    )
 }
 
 /// Text safe inside a Markdown table cell.
@@ -510,6 +659,8 @@ mod tests {
                 from: state.period_started_at,
                 to: now,
                 stats: Vec::new(),
+                feedback: Vec::new(),
+                estimates: Vec::new(),
             };
             let d = step(&spec, &state, &obs, now);
             log.push(DecisionRecord::new(&spec, &state, &d, obs, now));

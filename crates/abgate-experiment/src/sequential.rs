@@ -71,7 +71,8 @@ const SKETCH_RATIO: f64 = (1.0 + Sketch::RELATIVE_ACCURACY) / (1.0 - Sketch::REL
 ///
 /// A weight change starts a period, and estimates are never pooled across periods. A
 /// planned course of K periods (canary: the initial split plus one per step up to
-/// `maxWeight`, as [`planned_periods`] counts them; blue-green: 2; the others: 1) gives
+/// `maxWeight`, as [`planned_periods`] counts them; blue-green: 2; a bandit: one per
+/// interval of its duration, plus one; the others: 1) gives
 /// each period `alpha/K` (Bonferroni over periods), so the chance of a false rollback
 /// over the whole planned course is at or under `alpha` = 0.05. A period beyond the plan
 /// (a person set the split) gets `alpha/K` too.
@@ -840,8 +841,9 @@ impl Policy for Sequential {
 
 /// How many periods the planned course of `spec` has: a canary's initial split plus
 /// one per step each candidate takes up to `maxWeight` (from its initial weight, by
-/// `steps` or `stepWeight`); blue-green's two (before and after the switch); one for
-/// every other strategy. [`Sequential`] gives each period `alpha` divided by this.
+/// `steps` or `stepWeight`); blue-green's two (before and after the switch); a
+/// bandit's one per interval of its duration plus one (it may re-weight at every
+/// analysis); one for every other strategy. [`Sequential`] gives each period `alpha` divided by this.
 pub fn planned_periods(spec: &Experiment) -> u32 {
     match spec.strategy {
         Strategy::Canary => {
@@ -861,7 +863,8 @@ pub fn planned_periods(spec: &Experiment) -> u32 {
             1 + steps
         }
         Strategy::BlueGreen => 2,
-        Strategy::AbTest | Strategy::FeatureFlag | Strategy::Bandit | Strategy::Mirror => 1,
+        Strategy::Bandit => crate::bandit::planned_periods(spec),
+        Strategy::AbTest | Strategy::FeatureFlag | Strategy::Mirror => 1,
     }
 }
 

@@ -4,6 +4,7 @@
 use abgate_config::model::{Experiment, Strategy};
 use serde::{Deserialize, Serialize};
 
+use crate::observe::RewardTotals;
 use crate::split::all_to;
 
 /// An experiment's phase. `Promoted`, `RolledBack` and `Finished` are terminal.
@@ -47,7 +48,7 @@ impl std::fmt::Display for Phase {
 }
 
 /// An experiment's live state: what [`crate::apply`] changes and the state store keeps.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ExperimentState {
     /// The experiment's id (`Experiment::id`).
     pub id: String,
@@ -69,6 +70,12 @@ pub struct ExperimentState {
     pub winner: Option<String>,
     /// When a decision last touched this state, unix ms.
     pub updated_at: u64,
+    /// A bandit's reward sums over its completed periods, one per variant (empty for
+    /// other strategies, and before the first period ends): Thompson sampling's
+    /// posterior is over every period, while guardrails judge each period alone.
+    /// [`crate::advance`] adds a period's sums when a decision ends it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rewards: Vec<RewardTotals>,
 }
 
 impl ExperimentState {
@@ -90,6 +97,7 @@ impl ExperimentState {
             step: 0,
             winner: None,
             updated_at: now,
+            rewards: Vec::new(),
         }
     }
 

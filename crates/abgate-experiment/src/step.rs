@@ -141,10 +141,19 @@ pub enum InvalidDecision {
 ///   candidates leave); a candidate at 0% starts the ramp at its first step; anything
 ///   else holds. At the planned end (`started_at + duration`) it finishes with the
 ///   policy's winner ([`Policy::winner`]) and does not promote it.
-/// - `abtest`, `featureflag` (the flagged subset sees only header-matched traffic; its
-///   analysis is an A/B test's) and `bandit` (Thompson sampling is still to come; until
-///   then it is an A/B test): the split is fixed; a regression rolls back; at the
-///   planned end it finishes with the policy's winner (a verdict, not a promotion).
+/// - `abtest` and `featureflag` (the flagged subset sees only header-matched traffic;
+///   its analysis is an A/B test's): the split is fixed; a regression rolls back; at
+///   the planned end it finishes with the policy's winner (a verdict, not a promotion).
+/// - `bandit`: Thompson sampling over `spec.bandit.reward` (success, goodput against
+///   an SLO, or feedback scores), on the sums of every period. The guardrails come
+///   first: a regression rolls back, a sample ratio mismatch holds. The weights move
+///   only when the policy finds the period healthy (every guardrail tested, none
+///   showing harm) and every arm has `bandit.minSamples` reward units in the period;
+///   they become `minWeight + (100 − k·minWeight)·P(best)` percent. The winner rule
+///   (an arm's probability of being best at `winnerProbability`, and its always-valid
+///   interval against every other arm above 0) promotes; at the planned end it
+///   finishes with the winner the rule names, if any. Every reason gives each arm's
+///   reward, samples, probability of being best and weight.
 /// - `bluegreen`: while blue (the baseline) has traffic, the first step checks green
 ///   (the first candidate) if it has `minSamples` (analysing mirrored or synthetic
 ///   traffic is out of scope: the check is the candidate's health when it has
@@ -206,7 +215,8 @@ pub fn step_with(
     }
     match spec.strategy {
         Strategy::Canary => cx.canary(),
-        Strategy::AbTest | Strategy::FeatureFlag | Strategy::Bandit => cx.abtest(),
+        Strategy::AbTest | Strategy::FeatureFlag => cx.abtest(),
+        Strategy::Bandit => cx.bandit(),
         Strategy::BlueGreen => cx.bluegreen(),
         Strategy::Mirror => cx.mirror(),
     }
@@ -250,6 +260,27 @@ pub fn apply(spec: &Experiment, state: &mut ExperimentState, decision: &Decision
             state.phase = Phase::Finished;
             state.winner = winner.clone();
         }
+    }
+}
+
+/// [`apply`], and for a bandit whose period the decision ends, the period's reward
+/// sums (from `obs`, the observations the decision was taken on) added to
+/// [`ExperimentState::rewards`], so that the posterior keeps them. The controller calls
+/// this; a decision applied with plain [`apply`] drops the period's rewards.
+pub fn advance(
+    spec: &Experiment,
+    state: &mut ExperimentState,
+    decision: &Decision,
+    obs: &Observations,
+    now: u64,
+) {
+    let (period, ended) = (state.period, state.phase.is_terminal());
+    apply(spec, state, decision, now);
+    if spec.strategy != Strategy::Bandit || ended || state.period == period {
+        return;
+    }
+    if let Ok(rewards) = crate::bandit::period_rewards(spec, obs) {
+        state.rewards = crate::bandit::totals(state, &rewards);
     }
 }
 
@@ -430,6 +461,148 @@ impl Cx<'_> {
                 "{}; fixed split {}; {}",
                 verdict.reason(),
                 self.split(&self.state.percentages()),
+                self.time_left()
+            ),
+        }
+    }
+
+    fn bandit(&self) -> Decision {
+        let plan = &self.spec.bandit;
+        let verdict = self.policy.analyze(self.spec, self.state, self.obs);
+        if verdict.is_regressed() {
+            return self.rollback(verdict.reason());
+        }
+        let in_force = self.state.percentages();
+        let head = format!(
+            "bandit on reward {}",
+            crate::bandit::reward_name(&plan.reward)
+        );
+        let period = match crate::bandit::period_rewards(self.spec, self.obs) {
+            Ok(p) => p,
+            Err(why) => {
+                return if self.ended() {
+                    Decision::Finish {
+                        winner: None,
+                        reason: format!("{}: no winner: {why}", self.end_reached()),
+                    }
+                } else {
+                    Decision::Hold {
+                        reason: format!("{head}: {why}; holding {}", self.split(&in_force)),
+                    }
+                };
+            }
+        };
+        let ended = self.ended();
+        if verdict.is_halted() {
+            let why = format!("{}; no weight update and no winner", verdict.reason());
+            return if ended {
+                Decision::Finish {
+                    winner: None,
+                    reason: format!("{}: {why}", self.end_reached()),
+                }
+            } else {
+                Decision::Hold {
+                    reason: format!("{head}: {why}; holding {}", self.split(&in_force)),
+                }
+            };
+        }
+        let short: Vec<String> = period
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.n < plan.min_samples)
+            .map(|(i, p)| format!("{} {}", self.name(i), p.n))
+            .collect();
+        if !ended && (!short.is_empty() || !verdict.is_healthy()) {
+            let totals = crate::bandit::totals(self.state, &period);
+            let sums: Vec<String> = totals
+                .iter()
+                .zip(&period)
+                .enumerate()
+                .map(|(i, (t, p))| {
+                    format!("{} {}", self.name(i), crate::bandit::describe_reward(t, p))
+                })
+                .collect();
+            let why = if short.is_empty() {
+                format!("guardrails first: {}", verdict.reason())
+            } else {
+                format!(
+                    "reward units this period {}, fewer than bandit.minSamples {} for every arm",
+                    short.join(", "),
+                    plan.min_samples
+                )
+            };
+            return Decision::Hold {
+                reason: format!(
+                    "{head}: not updating ({why}); rewards {}; holding {}; {}",
+                    sums.join(", "),
+                    self.split(&in_force),
+                    self.time_left()
+                ),
+            };
+        }
+        let look = match crate::bandit::look(self.spec, self.state, period) {
+            Ok(l) => l,
+            Err(why) => {
+                return Decision::Hold {
+                    reason: format!("{head}: {why}; holding {}", self.split(&in_force)),
+                }
+            }
+        };
+        let arms: Vec<String> = (0..self.spec.variants.len())
+            .map(|i| {
+                format!(
+                    "{} reward {}, P(best) {}, weight {}% → {}%",
+                    self.name(i),
+                    crate::bandit::describe_reward(&look.totals[i], &look.period[i]),
+                    fmt::num(look.probability_best[i], 4),
+                    in_force[i],
+                    look.weights[i]
+                )
+            })
+            .collect();
+        let numbers = format!(
+            "{head} (Thompson sampling, {} posterior draws, floor {}%): {}; {}",
+            crate::bandit::DRAWS,
+            plan.min_weight,
+            arms.join("; "),
+            look.rule
+        );
+        if ended {
+            return Decision::Finish {
+                winner: look.winner.map(|w| self.name(w).to_owned()),
+                reason: format!(
+                    "{}: {}; guardrails: {}",
+                    self.end_reached(),
+                    numbers,
+                    verdict.reason()
+                ),
+            };
+        }
+        if let Some(w) = look.winner {
+            return Decision::Promote {
+                variant: self.name(w).to_owned(),
+                reason: format!(
+                    "winner {}: {numbers}; guardrails: {}",
+                    self.name(w),
+                    verdict.reason()
+                ),
+            };
+        }
+        if look.weights != in_force {
+            return Decision::SetWeights {
+                reason: format!(
+                    "{numbers}; new split {}; guardrails: {}",
+                    self.split(&look.weights),
+                    verdict.reason()
+                ),
+                weights: look.weights,
+            };
+        }
+        Decision::Hold {
+            reason: format!(
+                "{numbers}; the split {} stays; guardrails: {}; {}",
+                self.split(&in_force),
+                verdict.reason(),
                 self.time_left()
             ),
         }

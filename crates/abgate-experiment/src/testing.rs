@@ -119,5 +119,7 @@ pub(crate) fn observed(spec: &Experiment, variants: Vec<VariantObservation>) -> 
         from: 0,
         to: 0,
         stats: Vec::new(),
+        feedback: Vec::new(),
+        estimates: Vec::new(),
     }
 }

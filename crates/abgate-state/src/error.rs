@@ -27,6 +27,9 @@ pub enum StateError {
     /// takes no more decisions or analyses.
     #[error("{0} not found")]
     NotFound(String),
+    /// A value the store refuses (a feedback score outside [0, 1]).
+    #[error("{0}")]
+    Invalid(String),
     /// The database was written by a newer abgate whose schema this build does not know;
     /// writing to it could break what the newer version relies on.
     #[error("experiment state database has schema version {found}; this build supports up to {supported}")]

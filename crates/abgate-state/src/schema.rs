@@ -9,7 +9,10 @@ use crate::StateError;
 /// The migrations, in order: migration `i` (0-based) takes the schema from version `i` to
 /// `i + 1`. Append new ones; never edit one that has shipped, since databases already
 /// carry its effect.
-const MIGRATIONS: &[&str] = &[include_str!("schema/001_initial.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("schema/001_initial.sql"),
+    include_str!("schema/002_feedback.sql"),
+];
 
 /// The schema version this build reads and writes.
 pub(crate) const SCHEMA_VERSION: u64 = MIGRATIONS.len() as u64;

@@ -364,6 +364,53 @@ impl Store {
             .map(|(at, analysis)| Ok((at, serde_json::from_str(&analysis)?)))
             .collect()
     }
+
+    /// Records a feedback score in [0, 1] for `variant` of live experiment `id`.
+    pub fn record_feedback(
+        &self,
+        id: &str,
+        at: u64,
+        variant: &str,
+        score: f64,
+        request_id: Option<&str>,
+    ) -> Result<(), StateError> {
+        if !(0.0..=1.0).contains(&score) {
+            return Err(StateError::Invalid(format!(
+                "a feedback score is between 0 and 1, got {score}"
+            )));
+        }
+        let inserted = self.conn().execute(
+            "INSERT INTO feedback (experiment_id, at, variant, score, request_id)
+             SELECT id, ?2, ?3, ?4, ?5 FROM experiments WHERE id = ?1 AND deleted_at IS NULL",
+            params![id, at, variant, score, request_id],
+        )?;
+        if inserted == 0 {
+            return Err(experiment_not_found(id));
+        }
+        Ok(())
+    }
+
+    /// The feedback of experiment `id` posted in `[from, to)`, per variant: `(variant,
+    /// count, Σscore, Σscore²)`, by variant name.
+    pub fn feedback_totals(
+        &self,
+        id: &str,
+        from: u64,
+        to: u64,
+    ) -> Result<Vec<(String, u64, f64, f64)>, StateError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT variant, COUNT(*), TOTAL(score), TOTAL(score * score) FROM feedback
+             WHERE experiment_id = ?1 AND at >= ?2 AND at < ?3
+             GROUP BY variant ORDER BY variant",
+        )?;
+        let rows = stmt
+            .query_map(params![id, from, to], |row| {
+                Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
 }
 
 fn experiment_not_found(id: &str) -> StateError {

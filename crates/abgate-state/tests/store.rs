@@ -526,7 +526,7 @@ fn migrations_run_once_however_often_the_file_is_opened() {
         .unwrap()
         .collect::<Result<_, _>>()
         .unwrap();
-    assert_eq!(versions, [1]);
+    assert_eq!(versions, [1, 2]);
     assert_eq!(
         Store::open(&path)
             .unwrap()
@@ -550,7 +550,7 @@ fn a_database_from_a_newer_schema_is_refused() {
     match Store::open(&path) {
         Err(StateError::SchemaTooNew {
             found: 99,
-            supported: 1,
+            supported: 2,
         }) => {}
         other => panic!("expected SchemaTooNew, got {other:?}"),
     }
@@ -570,4 +570,43 @@ fn values_beyond_sqlite_integers_are_refused_not_wrapped() {
 fn store_can_be_shared_across_threads() {
     fn assert_send_sync<T: Send + Sync>() {}
     assert_send_sync::<Store>();
+}
+
+#[test]
+fn feedback_sums_per_variant_over_a_range_and_refuses_bad_scores() {
+    let store = Store::open_in_memory().unwrap();
+    store
+        .put_experiment("x", &spec("c"), &json!({}), 1)
+        .unwrap();
+    for (at, variant, score) in [
+        (10, "a", 1.0),
+        (20, "a", 0.5),
+        (20, "b", 0.0),
+        (30, "a", 1.0),
+    ] {
+        store
+            .record_feedback("x", at, variant, score, Some("req-1"))
+            .unwrap();
+    }
+    let totals = store.feedback_totals("x", 10, 30).unwrap();
+    assert_eq!(
+        totals,
+        vec![
+            ("a".to_owned(), 2, 1.5, 1.25),
+            ("b".to_owned(), 1, 0.0, 0.0)
+        ]
+    );
+    assert!(matches!(
+        store.record_feedback("x", 40, "a", 1.5, None),
+        Err(StateError::Invalid(_))
+    ));
+    assert!(matches!(
+        store.record_feedback("nope", 40, "a", 0.5, None),
+        Err(StateError::NotFound(_))
+    ));
+    store.delete_experiment("x", 50).unwrap();
+    assert!(matches!(
+        store.record_feedback("x", 60, "a", 0.5, None),
+        Err(StateError::NotFound(_))
+    ));
 }

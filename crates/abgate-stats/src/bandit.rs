@@ -14,18 +14,28 @@ use rand::Rng;
 
 use crate::error::StatsError;
 
-/// Successes and failures of one arm's reward.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// Successes and failures of one arm's reward. Fractional counts are allowed: a reward
+/// `r` in [0, 1] (a feedback score) adds `r` successes and `1 − r` failures, the
+/// fractional Beta update for bounded rewards.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct BetaArm {
     /// Rewarded units.
-    pub successes: u64,
+    pub successes: f64,
     /// Unrewarded units.
-    pub failures: u64,
+    pub failures: f64,
 }
 
 impl BetaArm {
+    /// `successes` of `units`, both whole counts.
+    pub fn of(successes: u64, units: u64) -> Self {
+        Self {
+            successes: successes.min(units) as f64,
+            failures: units.saturating_sub(successes) as f64,
+        }
+    }
+
     /// Units seen.
-    pub fn units(&self) -> u64 {
+    pub fn units(&self) -> f64 {
         self.successes + self.failures
     }
 }
@@ -38,7 +48,7 @@ pub struct ThompsonConfig {
     /// Posterior draws used to estimate the probability of being best.
     pub draws: usize,
     /// Units every arm needs before weights move off an equal split (GrowthBook: 100).
-    pub min_units: u64,
+    pub min_units: f64,
     /// The probability of being best at which an arm is declared the winner (0.95).
     pub winner_probability: f64,
     /// The Beta prior's pseudo-successes (1 for a uniform prior).
@@ -52,7 +62,7 @@ impl Default for ThompsonConfig {
         Self {
             floor: 0.01,
             draws: 10_000,
-            min_units: 100,
+            min_units: 100.0,
             winner_probability: 0.95,
             prior_successes: 1.0,
             prior_failures: 1.0,
@@ -104,8 +114,8 @@ pub fn thompson_allocation<R: Rng + ?Sized>(
         .iter()
         .map(|a| {
             (
-                config.prior_successes + a.successes as f64,
-                config.prior_failures + a.failures as f64,
+                config.prior_successes + a.successes.max(0.0),
+                config.prior_failures + a.failures.max(0.0),
             )
         })
         .collect();
@@ -197,10 +207,7 @@ mod tests {
     use super::*;
 
     fn arm(successes: u64, units: u64) -> BetaArm {
-        BetaArm {
-            successes,
-            failures: units - successes,
-        }
+        BetaArm::of(successes, units)
     }
 
     #[test]
@@ -250,6 +257,28 @@ mod tests {
             thompson_allocation(&arms, &ThompsonConfig::default(), &mut rng).expect("valid")
         };
         assert_eq!(run(3), run(3));
+    }
+
+    #[test]
+    fn fractional_rewards_update_like_their_sums() {
+        // Scores 0.9 on 200 units: 180 successes, 20 failures, the same posterior as
+        // 180 thumbs-up of 200.
+        let scored = BetaArm {
+            successes: 0.9 * 200.0,
+            failures: 0.1 * 200.0,
+        };
+        let counted = arm(180, 200);
+        assert!((scored.successes - counted.successes).abs() < 1e-9);
+        assert!((scored.units() - 200.0).abs() < 1e-9);
+        let run = |a: BetaArm| {
+            let mut rng = SmallRng::seed_from_u64(9);
+            thompson_allocation(&[a, arm(100, 200)], &ThompsonConfig::default(), &mut rng)
+                .expect("valid")
+                .probability_best
+        };
+        let (p, q) = (run(scored), run(counted));
+        assert!((p[0] - q[0]).abs() < 0.01, "{p:?} {q:?}");
+        assert!(p[0] > 0.99, "{p:?}");
     }
 
     #[test]

@@ -42,6 +42,24 @@ fn json_response(status: StatusCode, body: &Value) -> Response<ProxyBody> {
     r
 }
 
+fn text_response(body: String, content_type: &'static str) -> Response<ProxyBody> {
+    let mut r = Response::new(ProxyBody::full(Bytes::from(body)));
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static(content_type),
+    );
+    r
+}
+
+/// The value of `name` in a query string (`format=html&x=1`), as written.
+fn query_param(query: Option<&str>, name: &str) -> Option<String> {
+    query?
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.to_owned())
+}
+
 fn fail(status: StatusCode, message: &str) -> Response<ProxyBody> {
     let code = match status {
         StatusCode::UNAUTHORIZED => "unauthorized",
@@ -117,18 +135,23 @@ impl ExperimentsApi {
                     },
                 )
                 .map(|s| json!(s)),
-            (&Method::GET, ["experiments", id, "report"]) => match self.controller.report(id) {
-                Ok(report) if request.query.as_deref() == Some("format=markdown") => {
-                    let mut r = Response::new(ProxyBody::full(Bytes::from(report.to_markdown())));
-                    r.headers_mut().insert(
-                        http::header::CONTENT_TYPE,
-                        http::HeaderValue::from_static("text/markdown"),
-                    );
-                    return r;
+            (&Method::POST, ["experiments", id, "feedback"]) => self.feedback(id, &request.body),
+            (&Method::GET, ["experiments", id, "report"]) => {
+                let format = query_param(request.query.as_deref(), "format");
+                match (self.controller.report(id), format.as_deref()) {
+                    (Ok(report), Some("markdown")) => {
+                        return text_response(report.to_markdown(), "text/markdown; charset=utf-8")
+                    }
+                    (Ok(report), Some("html")) => {
+                        return text_response(report.to_html(), "text/html; charset=utf-8")
+                    }
+                    (Ok(report), None | Some("json")) => Ok(json!(report)),
+                    (Ok(_), Some(other)) => Err(anyhow::anyhow!(
+                        "format {other} is not json, markdown or html"
+                    )),
+                    (Err(e), _) => Err(e),
                 }
-                Ok(report) => Ok(json!(report)),
-                Err(e) => Err(e),
-            },
+            }
             _ => {
                 return fail(
                     StatusCode::NOT_FOUND,
@@ -150,6 +173,20 @@ impl ExperimentsApi {
                 fail(status, &message)
             }
         }
+    }
+
+    fn feedback(&self, id: &str, body: &[u8]) -> anyhow::Result<Value> {
+        let body: Value = serde_json::from_slice(body)
+            .map_err(|e| anyhow::anyhow!("the body is not JSON: {e}"))?;
+        let variant = body.get("variant").and_then(Value::as_str).ok_or_else(|| {
+            anyhow::anyhow!("give the variant: {{\"variant\": NAME, \"score\": 0..1}}")
+        })?;
+        let score = body
+            .get("score")
+            .and_then(Value::as_f64)
+            .ok_or_else(|| anyhow::anyhow!("give the score, a number from 0 to 1"))?;
+        let request_id = body.get("request_id").and_then(Value::as_str);
+        self.controller.feedback(id, variant, score, request_id)
     }
 
     fn create(&self, body: &[u8]) -> anyhow::Result<Value> {
@@ -369,7 +406,26 @@ fn openapi() -> Value {
             "/api/v1/experiments/{id}/resume": { "post": { "summary": "Resume", "parameters": [id], "security": secured, "responses": ok("the experiment") } },
             "/api/v1/experiments/{id}/promote": { "post": { "summary": "Send all traffic to a variant: {\"variant\": name}", "parameters": [id], "security": secured, "responses": ok("the experiment") } },
             "/api/v1/experiments/{id}/rollback": { "post": { "summary": "Send all traffic to the declared baseline, from the next request on", "parameters": [id], "security": secured, "responses": ok("the experiment") } },
-            "/api/v1/experiments/{id}/report": { "get": { "summary": "The report (JSON, or Markdown with ?format=markdown)", "parameters": [id], "responses": ok("the report") } },
+            "/api/v1/experiments/{id}/feedback": { "post": {
+                "summary": "Post a feedback score for a variant: the reward of a bandit with reward feedback",
+                "parameters": [id],
+                "security": secured,
+                "requestBody": { "required": true, "content": { "application/json": { "schema": {
+                    "type": "object",
+                    "required": ["variant", "score"],
+                    "properties": {
+                        "variant": { "type": "string", "description": "the variant that served the request (its x-variant header)" },
+                        "score": { "type": "number", "minimum": 0, "maximum": 1, "description": "1 for a thumbs-up, 0 for a thumbs-down, or a rating scaled to [0, 1]" },
+                        "request_id": { "type": "string", "description": "the request's x-request-id, kept for audits" }
+                    }
+                } } } },
+                "responses": ok("the score as recorded")
+            } },
+            "/api/v1/experiments/{id}/report": { "get": {
+                "summary": "The report: JSON, Markdown (?format=markdown) or a self-contained HTML page with charts (?format=html)",
+                "parameters": [id, { "name": "format", "in": "query", "required": false, "schema": { "type": "string", "enum": ["json", "markdown", "html"] } }],
+                "responses": { "200": { "description": "the report", "content": { "application/json": {}, "text/markdown": {}, "text/html": {} } } }
+            } },
         }
     })
 }

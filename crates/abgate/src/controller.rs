@@ -7,9 +7,10 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use abgate_config::model::{Experiment, GateKind, MetricSource};
+use abgate_config::model::{BanditReward, Experiment, GateKind, MetricSource, Strategy};
 use abgate_experiment::{
-    all_to, apply, step, Decision, DecisionRecord, ExperimentState, Observations, Phase, Report,
+    advance, all_to, step, Decision, DecisionRecord, ExperimentState, Observations, Phase, Report,
+    RewardTotals,
 };
 use abgate_proxy::Control;
 use abgate_state::{DecisionRow, Store};
@@ -268,7 +269,67 @@ impl Controller {
                 _ => Default::default(),
             })
             .collect();
-        Observations::from_stats(spec, stats, from_ms, now)
+        self.with_feedback(spec, Observations::from_stats(spec, stats, from_ms, now))
+    }
+
+    /// `obs` with the feedback scores posted in its range, for a bandit rewarded by
+    /// feedback (others do not read them).
+    fn with_feedback(&self, spec: &Experiment, obs: Observations) -> Observations {
+        if spec.strategy != Strategy::Bandit || spec.bandit.reward != BanditReward::Feedback {
+            return obs;
+        }
+        let rows = match self.store.feedback_totals(&spec.id, obs.from, obs.to) {
+            Ok(rows) => rows,
+            Err(e) => {
+                tracing::warn!(experiment = %spec.id, "cannot read feedback: {e}");
+                return obs;
+            }
+        };
+        let feedback = spec
+            .variants
+            .iter()
+            .map(|v| {
+                rows.iter().find(|(name, ..)| name == &v.name).map_or_else(
+                    RewardTotals::default,
+                    |&(_, n, sum, sum_sq)| RewardTotals { n, sum, sum_sq },
+                )
+            })
+            .collect();
+        obs.with_feedback(feedback)
+    }
+
+    /// Records a feedback score in [0, 1] for `variant` of experiment `id` (the reward
+    /// of a bandit with `reward: feedback`; kept for the report otherwise).
+    pub fn feedback(
+        &self,
+        id: &str,
+        variant: &str,
+        score: f64,
+        request_id: Option<&str>,
+    ) -> anyhow::Result<Value> {
+        let (spec, state, _) = self.snapshot(id)?;
+        if !spec.variants.iter().any(|v| v.name == variant) {
+            anyhow::bail!(
+                "experiment {id} has no variant {variant}; its variants are {:?}",
+                spec.variants.iter().map(|v| &v.name).collect::<Vec<_>>()
+            );
+        }
+        if !(0.0..=1.0).contains(&score) {
+            anyhow::bail!("a feedback score is between 0 and 1, got {score}");
+        }
+        let now = now_ms();
+        self.store
+            .record_feedback(id, now, variant, score, request_id)?;
+        let read =
+            spec.strategy == Strategy::Bandit && spec.bandit.reward == BanditReward::Feedback;
+        Ok(json!({
+            "experiment_id": id,
+            "variant": variant,
+            "score": score,
+            "at": now,
+            "period": state.period,
+            "rewards_bandit": read,
+        }))
     }
 
     async fn analyze(&self, id: &str, now: u64) -> anyhow::Result<()> {
@@ -321,7 +382,7 @@ impl Controller {
             MetricSource::Prometheus { address, queries } => {
                 match crate::prometheus_source::observe(&spec, &state, address, queries, now).await
                 {
-                    Ok(o) => o,
+                    Ok(o) => self.with_feedback(&spec, o),
                     Err(e) => return self.fail(&spec, now, format!("metric source: {e:#}")),
                 }
             }
@@ -419,9 +480,10 @@ impl Controller {
         observations: Observations,
         now: u64,
     ) -> anyhow::Result<()> {
-        let record = DecisionRecord::new(spec, &state, &decision, observations, now);
         let mut next = state.clone();
-        apply(spec, &mut next, &decision, now);
+        // A bandit's period that ends keeps its rewards in the state.
+        advance(spec, &mut next, &decision, &observations, now);
+        let record = DecisionRecord::new(spec, &state, &decision, observations, now);
         // Only a split the gateway can put in force is recorded: a recorded decision
         // that then fails to apply would leave the store ahead of the gateway (and of
         // the revision held here, so every later decision would conflict).

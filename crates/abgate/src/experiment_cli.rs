@@ -25,7 +25,8 @@ pub struct ExperimentArgs {
     /// A file holding the token.
     #[arg(long, global = true)]
     token_file: Option<PathBuf>,
-    /// `table` for people, `json` for scripts.
+    /// `table` for people, `json` for scripts; `report` also takes `markdown` (what
+    /// `table` gives it) and `html` (one self-contained page with charts).
     #[arg(short, long, value_enum, default_value_t = Output::Table, global = true)]
     output: Output,
     #[command(subcommand)]
@@ -36,6 +37,8 @@ pub struct ExperimentArgs {
 enum Output {
     Table,
     Json,
+    Markdown,
+    Html,
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -71,7 +74,8 @@ enum Command {
     Rollback { id: String },
     /// Delete an experiment; its host is left as it was.
     Delete { id: String },
-    /// The report: Markdown (default with table output) or JSON.
+    /// The report: Markdown (the default), JSON (`-o json`) or a self-contained HTML
+    /// page with charts (`-o html > report.html`).
     Report { id: String },
 }
 
@@ -115,6 +119,12 @@ fn token(args: &ExperimentArgs) -> Option<String> {
 
 async fn execute(args: ExperimentArgs) -> ExitCode {
     let base = args.admin.trim_end_matches('/').to_owned();
+    if matches!(args.output, Output::Markdown | Output::Html)
+        && !matches!(args.command, Command::Report { .. })
+    {
+        eprintln!("abgate experiment: -o markdown and -o html are for `report`; use table or json");
+        return ExitCode::from(2);
+    }
     let (method, path, body): (Method, String, Option<Value>) = match &args.command {
         Command::Create { file } => {
             let document = match read_document(file) {
@@ -173,10 +183,10 @@ async fn execute(args: ExperimentArgs) -> ExitCode {
         ),
         Command::Delete { id } => (Method::DELETE, format!("/api/v1/experiments/{id}"), None),
         Command::Report { id } => {
-            let format = if args.output == Output::Json {
-                ""
-            } else {
-                "?format=markdown"
+            let format = match args.output {
+                Output::Json => "",
+                Output::Html => "?format=html",
+                Output::Table | Output::Markdown => "?format=markdown",
             };
             (
                 Method::GET,
@@ -234,7 +244,9 @@ async fn execute(args: ExperimentArgs) -> ExitCode {
     }
     let text = String::from_utf8_lossy(&bytes);
     match (args.output, serde_json::from_slice::<Value>(&bytes)) {
-        (Output::Json, _) | (Output::Table, Err(_)) => println!("{}", text.trim_end()),
+        (Output::Json | Output::Markdown | Output::Html, _) | (Output::Table, Err(_)) => {
+            println!("{}", text.trim_end())
+        }
         (Output::Table, Ok(Value::Array(items))) => print_table(&items),
         (Output::Table, Ok(item)) if item.get("split").is_some() => print_table(&[item]),
         (Output::Table, Ok(other)) => println!("{other}"),

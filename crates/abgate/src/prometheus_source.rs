@@ -108,6 +108,8 @@ pub async fn observe(
         to: now_ms,
         // Prometheus has summaries, not the raw windows a statistical policy merges.
         stats: Vec::new(),
+        feedback: Vec::new(),
+        estimates: Vec::new(),
     })
 }
 

@@ -806,3 +806,80 @@ spec:
     );
     assert_eq!(report["winner"], "v1-1");
 }
+
+#[test]
+fn feedback_is_posted_with_the_token_and_the_html_report_is_served() {
+    let f = fixture(Setup::default());
+    let gw = &f.gateway;
+    let id = "bandit-feedback";
+    let body = json!({
+        "id": id,
+        "traffic_split": {"v1-0": 50, "v1-1": 50},
+        "strategy": "bandit",
+        "bandit": {"reward": "feedback", "minWeight": 10, "winnerProbability": 0.99},
+        "description": "<script>alert(1)</script>",
+        "duration_hours": 1
+    })
+    .to_string();
+    let (status, created) = gw.post("/api/v1/experiments", &body);
+    assert_eq!(status, 200, "{created}");
+    assert_eq!(created["strategy"], "bandit", "{created}");
+
+    // Scores need the token, a known variant and a score in [0, 1].
+    let score = json!({"variant": "v1-1", "score": 0.8, "request_id": "r-1"}).to_string();
+    let path = format!("/api/v1/experiments/{id}/feedback");
+    let (status, _) = gw.api_as("POST", &path, None, &score);
+    assert_eq!(status, 401);
+    let (status, recorded) = gw.post(&path, &score);
+    assert_eq!(status, 200, "{recorded}");
+    assert_eq!(recorded["variant"], "v1-1", "{recorded}");
+    assert_eq!(recorded["rewards_bandit"], true, "{recorded}");
+    let (status, refused) = gw.post(&path, &json!({"variant": "v1-1", "score": 1.5}).to_string());
+    assert_eq!(status, 400, "{refused}");
+    let (status, refused) = gw.post(&path, &json!({"variant": "v9", "score": 0.5}).to_string());
+    assert_eq!(status, 400, "{refused}");
+    let (status, _) = gw.post(
+        "/api/v1/experiments/nope/feedback",
+        &json!({"variant": "v1-1", "score": 0.5}).to_string(),
+    );
+    assert_eq!(status, 404);
+
+    // The OpenAPI document describes it.
+    let (_, openapi) = gw.get("/api/v1/openapi.json");
+    assert!(
+        openapi["paths"]["/api/v1/experiments/{id}/feedback"]["post"].is_object(),
+        "{openapi}"
+    );
+
+    // The HTML report: text/html, self-contained, the description escaped.
+    let _ = variant_counts(gw.http, Some(id), 40);
+    let reply = common::http(
+        gw.admin,
+        "GET",
+        &format!("/api/v1/experiments/{id}/report?format=html"),
+        &[],
+        "",
+    );
+    assert_eq!(reply.status, 200);
+    assert_eq!(
+        reply.header("content-type"),
+        Some("text/html; charset=utf-8")
+    );
+    let html = reply.body.clone();
+    assert!(html.starts_with("<!DOCTYPE html>"), "{html}");
+    assert!(html.contains("<svg"), "{html}");
+    assert!(
+        html.contains("&lt;script&gt;alert(1)&lt;/script&gt;"),
+        "{html}"
+    );
+    assert!(!html.contains("<script"), "{html}");
+    assert!(
+        !html.contains("http:") && !html.contains("https:"),
+        "{html}"
+    );
+
+    // The CLI gives the same page with -o html.
+    let out = gw.cli(&["report", id, "-o", "html"]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(out.stdout.starts_with("<!DOCTYPE html>"), "{out:?}");
+}

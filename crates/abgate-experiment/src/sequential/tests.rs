@@ -514,7 +514,8 @@ fn planned_periods_follow_the_plan() {
         ("abtest", 1),
         ("bluegreen", 2),
         ("mirror", 1),
-        ("bandit", 1),
+        // 24 hours of 5-minute intervals, plus the first period.
+        ("bandit", 1 + 288),
     ] {
         assert_eq!(
             planned_periods(&spec(&format!("strategy: {strategy}"))),

@@ -14,6 +14,8 @@ fn obs(state: &ExperimentState, now: u64, variants: Vec<VariantObservation>) -> 
         from: state.period_started_at,
         to: now,
         stats: Vec::new(),
+        feedback: Vec::new(),
+        estimates: Vec::new(),
     }
 }
 

@@ -1,0 +1,201 @@
+//! The larger A/A run behind `bench/aa`: seeded null experiments (both variants the
+//! same server) through `step` and `advance`, looked at every interval, for the
+//! canary, A/B test and bandit strategies under the sequential policy. Prints a
+//! Markdown table of false rollback and false promotion (or winner, or improvement
+//! claim) rates with Wilson 95% intervals.
+//!
+//! `cargo run --release -p abgate-experiment --example aa -- [SCALE]`: SCALE (default
+//! 1) multiplies the default sizes (20,000 canaries, 20,000 A/B tests, 1,000 bandits).
+
+use std::path::Path;
+use std::sync::Arc;
+
+use abgate_config::model::Experiment;
+use abgate_config::SourceFile;
+use abgate_experiment::{
+    advance, policy_for, step, Decision, ExperimentState, Observations, Phase,
+};
+use abgate_telemetry::WindowStats;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+
+const T0: u64 = 1_767_225_600_000;
+
+const HOST: &str = r#"
+apiVersion: networking.istio.io/v1beta1
+kind: ServiceEntry
+metadata: {name: llama-3.1-8b-service, namespace: production}
+spec:
+  hosts: [llama-3.1-8b-service]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{number: 8000, name: http, protocol: HTTP}]
+  endpoints:
+  - {address: 127.0.0.1, ports: {http: 18001}, labels: {version: v1.0}}
+  - {address: 127.0.0.1, ports: {http: 18002}, labels: {version: v1.1}}
+---
+apiVersion: networking.istio.io/v1beta1
+kind: DestinationRule
+metadata: {name: llama-3.1-8b-destinations, namespace: production}
+spec:
+  host: llama-3.1-8b-service
+  subsets:
+  - {name: v1-0, labels: {version: v1.0}}
+  - {name: v1-1, labels: {version: v1.1}}
+"#;
+
+fn experiment(spec: &str) -> Experiment {
+    let lines: String = spec.lines().map(|l| format!("  {l}\n")).collect();
+    let yaml = format!(
+        "{HOST}---\napiVersion: abgate.dev/v1alpha1\nkind: Experiment\nmetadata: {{name: aa, namespace: production}}\nspec:\n  host: llama-3.1-8b-service\n  baseline: v1-0\n  policy: sequential\n{lines}"
+    );
+    let loaded = abgate_config::load_sources(&[SourceFile {
+        path: Arc::from(Path::new("aa.yaml")),
+        text: yaml,
+    }]);
+    assert!(!loaded.has_errors(), "the A/A experiment loads");
+    loaded
+        .config
+        .experiments
+        .into_iter()
+        .next()
+        .expect("one experiment")
+}
+
+fn normal(rng: &mut SmallRng) -> f64 {
+    let u1 = 1.0 - rng.random::<f64>();
+    let u2: f64 = rng.random();
+    (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
+}
+
+/// Log-normal latency around 500 ms (σ 0.5), TTFT around 40 ms (σ 0.3), 1% errors.
+fn serve(w: &mut WindowStats, rng: &mut SmallRng) {
+    let error = rng.random::<f64>() < 0.01;
+    let latency = 500.0 * (0.5 * normal(rng)).exp();
+    w.count += 1;
+    w.errors += u64::from(error);
+    w.latency_ms.moments.add(latency);
+    w.latency_ms.sketch.add(latency);
+    let ttft = 40.0 * (0.3 * normal(rng)).exp();
+    w.ttft_ms.moments.add(ttft);
+    w.ttft_ms.sketch.add(ttft);
+}
+
+struct Outcome {
+    phase: Phase,
+    winner: Option<String>,
+    claimed_improved: bool,
+}
+
+fn run(spec: &Experiment, per_look: u64, looks: u64, rng: &mut SmallRng) -> Outcome {
+    let policy = policy_for(spec);
+    let mut state = ExperimentState::new(spec, T0);
+    let mut windows = vec![WindowStats::default(); 2];
+    let mut claimed_improved = false;
+    for look in 1..=looks {
+        let now = T0 + look * 60_000;
+        let shares = state.percentages();
+        for _ in 0..per_look {
+            let v = usize::from(rng.random_range(0..100u32) >= shares[0]);
+            serve(&mut windows[v], rng);
+        }
+        let obs = Observations::from_stats(spec, windows.clone(), state.period_started_at, now);
+        claimed_improved |= policy.analyze(spec, &state, &obs).is_improved();
+        let d = step(spec, &state, &obs, now);
+        let period = state.period;
+        advance(spec, &mut state, &d, &obs, now);
+        if state.phase.is_terminal() || matches!(d, Decision::Finish { .. }) {
+            break;
+        }
+        if state.period != period {
+            windows = vec![WindowStats::default(); 2];
+        }
+    }
+    Outcome {
+        phase: state.phase,
+        winner: state.winner,
+        claimed_improved,
+    }
+}
+
+/// Wilson score interval at 95% for `k` of `n`.
+fn wilson(k: usize, n: usize) -> (f64, f64) {
+    let (k, n, z) = (k as f64, n as f64, 1.959_963_984_540_054_f64);
+    let p = k / n;
+    let centre = (p + z * z / (2.0 * n)) / (1.0 + z * z / n);
+    let half = z / (1.0 + z * z / n) * (p * (1.0 - p) / n + z * z / (4.0 * n * n)).sqrt();
+    ((centre - half).max(0.0), (centre + half).min(1.0))
+}
+
+fn row(strategy: &str, what: &str, k: usize, n: usize, looks: &str) {
+    let (lo, hi) = wilson(k, n);
+    println!(
+        "| {strategy} | {what} | {n} | {looks} | {k} | {:.2}% | {:.2}% – {:.2}% | {} |",
+        100.0 * k as f64 / n as f64,
+        100.0 * lo,
+        100.0 * hi,
+        if hi <= 0.05 {
+            "≤ α with 95% confidence"
+        } else if k as f64 / n as f64 <= 0.05 {
+            "≤ α (point estimate)"
+        } else {
+            "above α"
+        }
+    );
+}
+
+fn main() {
+    let scale: usize = std::env::args()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1);
+    let started = std::time::Instant::now();
+    println!("| Strategy | Event | Experiments | Looks each | Count | Rate | Wilson 95% interval | Against α = 0.05 |");
+    println!("|---|---|--:|---|--:|--:|---|---|");
+
+    // Canary: the seed's 70/30, +10 to 50; 200 requests a minute, up to 120 looks.
+    let spec = experiment("traffic_split: {v1-0: 70, v1-1: 30}\nstrategy: canary\ninterval: 1m\nduration: 2h\nrollback_criteria: {success_rate_drop: 0.95}\nanalysis: {minSamples: 100}");
+    let n = 20_000 * scale;
+    let mut rng = SmallRng::seed_from_u64(0xAACA_0001);
+    let (mut rb, mut improved) = (0, 0);
+    for _ in 0..n {
+        let o = run(&spec, 200, 120, &mut rng);
+        rb += usize::from(o.phase == Phase::RolledBack);
+        improved += usize::from(o.claimed_improved);
+    }
+    row("canary", "false rollback", rb, n, "until promoted (≤ 120)");
+    row(
+        "canary",
+        "false improvement claim",
+        improved,
+        n,
+        "until promoted (≤ 120)",
+    );
+
+    // A/B test: 50/50, 200 requests a minute, 40 looks, then the verdict.
+    let spec = experiment("traffic_split: {v1-0: 50, v1-1: 50}\nstrategy: abtest\ninterval: 1m\nduration: 40m\nrollback_criteria: {success_rate_drop: 0.95}\nanalysis: {minSamples: 100}");
+    let n = 20_000 * scale;
+    let mut rng = SmallRng::seed_from_u64(0xAAAB_0001);
+    let (mut rb, mut winners) = (0, 0);
+    for _ in 0..n {
+        let o = run(&spec, 200, 40, &mut rng);
+        rb += usize::from(o.phase == Phase::RolledBack);
+        winners += usize::from(o.phase == Phase::Finished && o.winner.is_some());
+    }
+    row("abtest", "false rollback", rb, n, "40");
+    row("abtest", "false winner", winners, n, "40");
+
+    // Bandit: 50/50 start, reward success, 400 requests a minute, 60 looks.
+    let spec = experiment("traffic_split: {v1-0: 50, v1-1: 50}\nstrategy: bandit\ninterval: 1m\nduration: 1h\nrollback_criteria: {success_rate_drop: 0.95}\nanalysis: {minSamples: 150}\nbandit: {reward: success}");
+    let n = 1_000 * scale;
+    let mut rng = SmallRng::seed_from_u64(0xAABA_0001);
+    let (mut rb, mut promoted) = (0, 0);
+    for _ in 0..n {
+        let o = run(&spec, 400, 60, &mut rng);
+        rb += usize::from(o.phase == Phase::RolledBack);
+        promoted += usize::from(o.phase == Phase::Promoted);
+    }
+    row("bandit", "false rollback", rb, n, "60");
+    row("bandit", "false promotion (winner)", promoted, n, "60");
+    eprintln!("done in {:.0} s", started.elapsed().as_secs_f64());
+}
