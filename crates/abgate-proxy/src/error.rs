@@ -156,15 +156,9 @@ pub fn error_response(
     message: &str,
     code: &str,
 ) -> Response<ProxyBody> {
-    let kind = if status.is_client_error() {
-        "invalid_request_error"
-    } else {
-        "server_error"
-    };
-    let body = serde_json::json!({
-        "error": { "message": message, "type": kind, "param": null, "code": code }
-    });
-    let mut response = Response::new(ProxyBody::full(Bytes::from(body.to_string())));
+    let mut response = Response::new(ProxyBody::full(Bytes::from(error_body(
+        status, message, code,
+    ))));
     *response.status_mut() = status;
     let headers = response.headers_mut();
     headers.insert(
@@ -175,4 +169,17 @@ pub fn error_response(
         headers.insert(FLAGS_HEADER, v);
     }
     response
+}
+
+/// The JSON of an OpenAI-style error: `{"error": {"message", "type", "param", "code"}}`.
+pub(crate) fn error_body(status: StatusCode, message: &str, code: &str) -> String {
+    let kind = if status.is_client_error() {
+        "invalid_request_error"
+    } else {
+        "server_error"
+    };
+    serde_json::json!({
+        "error": { "message": message, "type": kind, "param": null, "code": code }
+    })
+    .to_string()
 }

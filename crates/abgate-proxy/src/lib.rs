@@ -12,6 +12,7 @@ mod load_scraper;
 mod meter;
 mod observe;
 mod service;
+mod slow_client;
 mod tls;
 mod upstream;
 
@@ -40,6 +41,7 @@ use load_scraper::LoadScrapers;
 pub use observe::AccessLogTarget;
 use observe::Observers;
 pub use service::{ConnInfo, Shared};
+use slow_client::Watched;
 
 /// How `abgate serve` runs.
 #[derive(Debug, Clone)]
@@ -75,8 +77,9 @@ pub struct Limits {
     pub max_request_body: u64,
     /// Time a client has to send a complete HTTP/1.1 request head, from when the
     /// connection waits for one, which is also after each response on a kept-alive
-    /// connection (so this is the idle timeout of HTTP/1.1 connections too). hyper
-    /// closes the connection (it sends no `408`).
+    /// connection (so this is the idle timeout of HTTP/1.1 connections too), and the
+    /// time a new connection has to send its first byte. A request under way gets `408`
+    /// and the connection closes; an idle kept-alive connection is closed silently.
     pub header_read_timeout: Duration,
     /// Streams a client may have open at once on one HTTP/2 connection
     /// (`SETTINGS_MAX_CONCURRENT_STREAMS`).
@@ -469,6 +472,7 @@ pub async fn start_with(
             tls_config,
             Arc::clone(&shared),
             Arc::new(limits.builder()),
+            limits.header_read_timeout,
             stopped.clone(),
         ));
     }
@@ -541,6 +545,7 @@ async fn accept_loop(
     tls: Option<Arc<rustls::ServerConfig>>,
     shared: Arc<Shared>,
     builder: Arc<auto::Builder<TokioExecutor>>,
+    head_timeout: Duration,
     mut stopped: watch::Receiver<bool>,
 ) {
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
@@ -575,6 +580,7 @@ async fn accept_loop(
         });
         match &acceptor {
             None => {
+                let (stream, returned) = Watched::new(stream, head_timeout);
                 let connection = builder
                     .serve_connection(TokioIo::new(stream), service)
                     .into_owned();
@@ -582,7 +588,7 @@ async fn accept_loop(
                 let open = ConnectionOpen::new(&shared_for_stats);
                 connections.spawn(async move {
                     if let Err(e) = watched.await {
-                        tracing::debug!(error = %e, "connection ended with an error");
+                        connection_error(&*e, returned, head_timeout).await;
                     }
                     drop(open);
                 });
@@ -604,11 +610,12 @@ async fn accept_loop(
                         Ok(Err(e)) => return tracing::debug!(error = %e, "TLS handshake failed"),
                         Err(_) => return tracing::debug!("TLS handshake timed out"),
                     };
+                    let (stream, returned) = Watched::new(stream, head_timeout);
                     let connection = builder
                         .serve_connection(TokioIo::new(stream), service)
                         .into_owned();
                     if let Err(e) = watcher.watch(connection).await {
-                        tracing::debug!(error = %e, "connection ended with an error");
+                        connection_error(&*e, returned, head_timeout).await;
                     }
                 });
             }
@@ -617,4 +624,18 @@ async fn accept_loop(
     // Refuse new connections at once, then drain.
     drop(socket);
     graceful.shutdown().await;
+}
+
+/// A client connection ended with `error`: a slow client mid-request gets its 408.
+async fn connection_error<S: tokio::io::AsyncWrite + Unpin>(
+    error: &(dyn std::error::Error + Send + Sync + 'static),
+    returned: tokio::sync::oneshot::Receiver<slow_client::Returned<S>>,
+    head_timeout: Duration,
+) {
+    if slow_client::is_head_timeout(error) {
+        tracing::debug!(error = %error, "no request head in time");
+        slow_client::answer_timeout(returned, head_timeout).await;
+    } else {
+        tracing::debug!(error = %error, "connection ended with an error");
+    }
 }
