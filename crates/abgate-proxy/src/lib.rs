@@ -574,9 +574,14 @@ async fn accept_loop(
             remote,
         };
         let shared = Arc::clone(&shared);
+        // Boxed: hyper keeps room for the service's future in every HTTP/1.1 connection,
+        // idle or not (`Box::pin(None)` sized for it), so an unboxed future of a few KiB
+        // would cost that much per kept-alive connection.
         let service = service_fn(move |req| {
             let shared = Arc::clone(&shared);
-            async move { Ok::<_, std::convert::Infallible>(service::handle(shared, conn, req).await) }
+            Box::pin(async move {
+                Ok::<_, std::convert::Infallible>(service::handle(shared, conn, req).await)
+            })
         });
         match &acceptor {
             None => {
