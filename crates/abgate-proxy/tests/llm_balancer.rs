@@ -45,26 +45,9 @@ fn config(sims: &[Sim; 3], annotations: &str) -> String {
         .yaml()
 }
 
-/// Each endpoint of `models.backend` as `/endpoints` lists it, by port.
+/// How `/endpoints` lists the server on `port`.
 async fn listed(gw: &Gateway, port: u16) -> serde_json::Value {
-    let json = Http::new(gw.running().admin)
-        .get("/endpoints", &[])
-        .await
-        .json();
-    let cluster = json["clusters"]
-        .as_array()
-        .expect("clusters")
-        .iter()
-        .find(|c| c["name"] == "models.backend")
-        .unwrap_or_else(|| panic!("no cluster models.backend in {json}"))
-        .clone();
-    cluster["endpoints"]
-        .as_array()
-        .expect("endpoints")
-        .iter()
-        .find(|e| e["address"] == format!("127.0.0.1:{port}"))
-        .unwrap_or_else(|| panic!("no endpoint {port} in {cluster}"))
-        .clone()
+    gw.endpoint("models.backend", port).await
 }
 
 /// Polls the listing of `port` until `ok` holds of it, or panics after 5 s.

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::StatusCode;
-use support::{Answer, Backend, Gateway, Http, Mesh};
+use support::{Answer, Backend, Gateway, Mesh};
 
 /// `models.backend` on `ports` (one `version: v1` workload each), a DestinationRule with
 /// `policy` under `trafficPolicy` (indented four spaces), and one rule with `extra`.
@@ -34,30 +34,9 @@ fn config(ports: &[u16], policy: &str, extra: &str) -> String {
         .yaml()
 }
 
-async fn endpoints(gw: &Gateway) -> serde_json::Value {
-    let reply = Http::new(gw.running().admin).get("/endpoints", &[]).await;
-    assert_eq!(reply.status, StatusCode::OK);
-    assert_eq!(reply.header("content-type"), Some("application/json"));
-    reply.json()
-}
-
 /// The listed state of the endpoint on `port` of cluster `models.backend`.
 async fn endpoint(gw: &Gateway, port: u16) -> serde_json::Value {
-    let json = endpoints(gw).await;
-    let cluster = json["clusters"]
-        .as_array()
-        .expect("clusters")
-        .iter()
-        .find(|c| c["name"] == "models.backend")
-        .unwrap_or_else(|| panic!("no cluster models.backend in {json}"))
-        .clone();
-    cluster["endpoints"]
-        .as_array()
-        .expect("endpoints")
-        .iter()
-        .find(|e| e["address"] == format!("127.0.0.1:{port}"))
-        .unwrap_or_else(|| panic!("no endpoint {port} in {cluster}"))
-        .clone()
+    gw.endpoint("models.backend", port).await
 }
 
 fn ejections(gw: &Gateway) -> u64 {
@@ -104,7 +83,7 @@ async fn consecutive_5xx_eject_an_endpoint_which_is_counted_and_listed() {
     assert_eq!(healthy["ejectedUntil"], serde_json::Value::Null);
     assert_eq!(healthy["activeRequests"], 0);
 
-    let json = endpoints(&gw).await;
+    let json = gw.endpoints().await;
     let cluster = &json["clusters"][0];
     assert_eq!(cluster["outlierDetection"]["consecutive5xxErrors"], 3);
     assert_eq!(cluster["outlierDetection"]["maxEjectionPercent"], 50);

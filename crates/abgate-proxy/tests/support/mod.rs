@@ -402,6 +402,33 @@ impl Gateway {
         self.running().reload(&load(yaml));
     }
 
+    /// `GET /endpoints` from the admin listener.
+    pub async fn endpoints(&self) -> serde_json::Value {
+        let reply = Http::new(self.running().admin).get("/endpoints", &[]).await;
+        assert_eq!(reply.status, StatusCode::OK);
+        assert_eq!(reply.header("content-type"), Some("application/json"));
+        reply.json()
+    }
+
+    /// How `/endpoints` lists the endpoint `127.0.0.1:<port>` of cluster `cluster`.
+    pub async fn endpoint(&self, cluster: &str, port: u16) -> serde_json::Value {
+        let json = self.endpoints().await;
+        let cluster = json["clusters"]
+            .as_array()
+            .expect("clusters")
+            .iter()
+            .find(|c| c["name"] == cluster)
+            .unwrap_or_else(|| panic!("no cluster {cluster} in {json}"))
+            .clone();
+        cluster["endpoints"]
+            .as_array()
+            .expect("endpoints")
+            .iter()
+            .find(|e| e["address"] == format!("127.0.0.1:{port}"))
+            .unwrap_or_else(|| panic!("no endpoint {port} in {cluster}"))
+            .clone()
+    }
+
     /// Graceful stop with a short grace period.
     pub async fn stop(self) {
         self.stop_within(Duration::from_secs(2)).await;
