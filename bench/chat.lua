@@ -1,6 +1,7 @@
 -- wrk script of bench/run: POST /v1/chat/completions with a small JSON body, keep-alive.
 -- Environment: BENCH_HOST (Host header, default models.local), BENCH_HEADER
--- ("name: value", optional, e.g. "x-experiment-id: exp1").
+-- ("name: value" lines, optional, e.g. "x-experiment-id: exp1" or LiteLLM's
+-- "Authorization: Bearer ...").
 -- done() prints one machine-readable line:
 --   BENCH requests=N duration_us=N rps=F p50_us=N p90_us=N p99_us=N p999_us=N
 --         max_us=N errors=N non2xx=N
@@ -9,10 +10,10 @@ wrk.path = "/v1/chat/completions"
 wrk.body = '{"model":"bench","messages":[{"role":"user","content":"Say hello."}],"max_tokens":16}'
 wrk.headers["Host"] = os.getenv("BENCH_HOST") or "models.local"
 wrk.headers["Content-Type"] = "application/json"
-local extra = os.getenv("BENCH_HEADER")
-if extra and extra ~= "" then
-  local name, value = extra:match("^%s*([^:]+)%s*:%s*(.-)%s*$")
-  if name then wrk.headers[name] = value end
+local extra = os.getenv("BENCH_HEADER") or ""
+for line in extra:gmatch("[^\n]+") do
+  local name, value = line:match("^%s*([^:]-)%s*:%s*(.-)%s*$")
+  if name and name ~= "" then wrk.headers[name] = value end
 end
 
 function done(summary, latency, requests)

@@ -4,11 +4,13 @@
 //! single-threaded runtime (so the probe stays on the core it is pinned to):
 //!
 //! - `split`: sends N non-streaming chat completions and counts the responses by their
-//!   `model` field (each simulated backend answers with its own model name), to check a
-//!   weighted split before anything is timed.
+//!   `model` field (each simulated backend answers with its own model name), or by the
+//!   value of a response header (`--count-header NAME`, for a proxy that rewrites `model`,
+//!   such as LiteLLM), to check a weighted split before anything is timed.
 //! - `stream`: runs N streaming chat completions and timestamps every SSE token event as it
 //!   arrives: time to first token (request sent → first token event) and the gaps between
-//!   consecutive token events.
+//!   consecutive token events. A token event is an SSE `data:` event whose first choice's
+//!   `delta.content` is a non-empty string, however the proxy orders or spaces the JSON.
 //!
 //! `--url` may be repeated: each URL then gets its own N requests at its own concurrency,
 //! all at the same time, and its figures are printed with a `uI.` prefix (I from 0 in the
@@ -60,10 +62,13 @@ struct Opts {
     timeout: Duration,
     /// Worker start times are spread over this span (see [`start_offset`]).
     stagger: Duration,
+    /// Split mode: count responses by this response header instead of the body's `model`.
+    count_header: Option<String>,
 }
 
 const USAGE: &str = "usage: abprobe (split|stream) --url http://IP:PORT/PATH... [--host HOST] \
-[-n REQUESTS] [-c CONCURRENCY] [-H 'name: value']... [--stagger-ms MS] [--timeout-s SECONDS]";
+[-n REQUESTS] [-c CONCURRENCY] [-H 'name: value']... [--stagger-ms MS] [--timeout-s SECONDS] \
+[--count-header NAME]";
 
 fn parse_args() -> Result<Opts, String> {
     let mut args = std::env::args().skip(1);
@@ -79,11 +84,13 @@ fn parse_args() -> Result<Opts, String> {
     let mut headers = Vec::new();
     let mut timeout = Duration::from_secs(60);
     let mut stagger_ms: Option<u64> = None;
+    let mut count_header = None;
     while let Some(flag) = args.next() {
         let mut value = || args.next().ok_or_else(|| format!("{flag} needs a value"));
         match flag.as_str() {
             "--url" => urls.push(value()?),
             "--host" => host = Some(value()?),
+            "--count-header" => count_header = Some(value()?.to_ascii_lowercase()),
             "-n" => requests = value()?.parse().map_err(|e| format!("-n: {e}"))?,
             "-c" => concurrency = value()?.parse().map_err(|e| format!("-c: {e}"))?,
             "--stagger-ms" => {
@@ -133,6 +140,7 @@ fn parse_args() -> Result<Opts, String> {
         } else {
             0
         })),
+        count_header,
     })
 }
 
@@ -359,7 +367,15 @@ async fn worker(job: Job, mut sender: Sender) {
         }
         let request = request(opts, target);
         let result = match opts.mode {
-            Mode::Split => one_split(request, &mut sender, &job.tally).await,
+            Mode::Split => {
+                one_split(
+                    request,
+                    &mut sender,
+                    opts.count_header.as_deref(),
+                    &job.tally,
+                )
+                .await
+            }
             Mode::Stream => one_stream(request, &mut sender, &job.tally).await,
         };
         if let Err(e) = result {
@@ -371,6 +387,7 @@ async fn worker(job: Job, mut sender: Sender) {
 async fn one_split(
     request: Request<Full<Bytes>>,
     sender: &mut Sender,
+    count_header: Option<&str>,
     tally: &RefCell<Tally>,
 ) -> Result<(), String> {
     let response = sender
@@ -378,6 +395,14 @@ async fn one_split(
         .await
         .map_err(|e| format!("request: {e}"))?;
     let status = response.status();
+    let by_header = count_header.map(|name| {
+        response
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("<none>")
+            .to_string()
+    });
     let body = response
         .into_body()
         .collect()
@@ -392,18 +417,33 @@ async fn one_split(
     }
     let value: serde_json::Value =
         serde_json::from_slice(&body).map_err(|e| format!("response is not JSON: {e}"))?;
-    let model = value
-        .get("model")
-        .and_then(|m| m.as_str())
-        .unwrap_or("<none>")
-        .to_string();
+    let model = by_header.unwrap_or_else(|| {
+        value
+            .get("model")
+            .and_then(|m| m.as_str())
+            .unwrap_or("<none>")
+            .to_string()
+    });
     *tally.borrow_mut().models.entry(model).or_default() += 1;
     Ok(())
 }
 
-/// The marker of an SSE event that carries a token (the role chunk has `"role"` first and
-/// the closing chunk an empty delta).
-const TOKEN_MARKER: &[u8] = br#""delta":{"content":"#;
+/// Whether an SSE event carries a token: a `data:` line whose JSON has a non-empty
+/// `choices[0].delta.content` (the role chunk and the closing chunk have none, and
+/// `data: [DONE]` is not JSON). Parsed rather than matched as bytes, because proxies that
+/// re-serialize chunks (LiteLLM) order and space the fields their own way.
+fn is_token_event(event: &[u8]) -> bool {
+    event
+        .split(|&b| b == b'\n')
+        .filter_map(|line| line.strip_prefix(b"data:"))
+        .any(|data| {
+            serde_json::from_slice::<serde_json::Value>(data.trim_ascii()).is_ok_and(|v| {
+                v.pointer("/choices/0/delta/content")
+                    .and_then(|c| c.as_str())
+                    .is_some_and(|c| !c.is_empty())
+            })
+        })
+}
 
 async fn one_stream(
     request: Request<Full<Bytes>>,
@@ -438,7 +478,7 @@ async fn one_stream(
         let mut start = 0;
         while let Some(end) = find(&pending[start..], b"\n\n") {
             let event = &pending[start..start + end];
-            if find(event, TOKEN_MARKER).is_some() {
+            if is_token_event(event) {
                 token_times.push(now);
             }
             start += end + 2;
