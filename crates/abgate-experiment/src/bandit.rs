@@ -8,8 +8,8 @@
 
 use abgate_config::model::{BanditReward, Experiment};
 use abgate_stats::{
-    sequential, thompson_allocation, Alternative, BetaArm, Difference, Effect, SampleMean,
-    ThompsonConfig, DEFAULT_TUNING,
+    sequential, thompson_allocation, Alternative, BetaArm, Difference, Effect, Proportion,
+    SampleMean, StatsError, ThompsonConfig, DEFAULT_TUNING,
 };
 use abgate_telemetry::{Sketch, WindowStats};
 use rand::rngs::SmallRng;
@@ -263,14 +263,11 @@ pub(crate) fn look(
     let pairs = (k * (k - 1) / 2).max(1);
     let alpha = (1.0 - plan.winner_probability) / pairs as f64;
     let name = |i: usize| spec.variants[i].name.as_str();
+    let binary = !matches!(plan.reward, BanditReward::Feedback);
     let mut excluded = true;
     let mut parts = Vec::new();
     for j in (0..k).filter(|&j| j != best) {
-        let diff = SampleMean::new(totals[j].n, totals[j].sum, totals[j].sum_sq)
-            .and_then(|a| {
-                SampleMean::new(totals[best].n, totals[best].sum, totals[best].sum_sq)
-                    .and_then(|b| Effect::between(&a, &b, Difference::Absolute))
-            })
+        let diff = difference(&totals[j], &totals[best], binary)
             .and_then(|e| sequential(&e, Alternative::TwoSided, alpha, DEFAULT_TUNING));
         match diff {
             Ok(r) => {
@@ -310,6 +307,21 @@ pub(crate) fn look(
         winner,
         rule,
     })
+}
+
+/// The difference `b − a` of two arms' mean rewards. Binary rewards (success,
+/// goodput) are proportions, compared with [`Effect::between_proportions`]: an arm
+/// with no failures (a small arm at the floor, or a service that rarely fails) keeps
+/// a variance, where the per-arm one would be 0 and the interval would rest on the
+/// other arm alone. Feedback scores are means (Welch).
+fn difference(a: &RewardTotals, b: &RewardTotals, binary: bool) -> Result<Effect, StatsError> {
+    if binary {
+        let proportion = |t: &RewardTotals| Proportion::new(t.n, t.sum.round().max(0.0) as u64);
+        return Effect::between_proportions(&proportion(a)?, &proportion(b)?);
+    }
+    let a = SampleMean::new(a.n, a.sum, a.sum_sq)?;
+    let b = SampleMean::new(b.n, b.sum, b.sum_sq)?;
+    Effect::between(&a, &b, Difference::Absolute)
 }
 
 /// One arm's reward sums as the reasons print them: `0.9012 (4506/5000; 451/500 this

@@ -43,7 +43,10 @@ const SKETCH_RATIO: f64 = (1.0 + Sketch::RELATIVE_ACCURACY) / (1.0 - Sketch::REL
 ///    comparison says. The variance is the larger of `p̂(1−p̂)` and the limit's
 ///    `L(1−L)`, so that a candidate failing every request still has an interval;
 /// 2. **error rate**: the candidate's is higher than the baseline's (absolute
-///    difference of proportions, harm above 0 points);
+///    difference of proportions, harm above 0 points), with the larger of the
+///    per-arm and the pooled variance ([`Effect::between_proportions`]): an arm with
+///    few requests and no error (a bandit's arm at its floor) would otherwise have a
+///    variance of 0, and a candidate at 1% would read as harm against it;
 /// 3. **p95 latency** from the sketches (GrowthBook's quantile intervals): the relative
 ///    difference `(p95_c − p95_b)/p95_b` is above `rollback_criteria.latency_degradation`
 ///    (0 without it: any slowdown shown with confidence is harm), widened by the
@@ -318,7 +321,7 @@ impl Sequential {
         else {
             return Outcome::NotApplicable(format!("{figures}: not proportions"));
         };
-        match Effect::between(&pb, &pc, Difference::Absolute) {
+        match Effect::between_proportions(&pb, &pc) {
             Ok(e) => {
                 let test = Test {
                     estimate: e.estimate,

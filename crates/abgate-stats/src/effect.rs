@@ -2,7 +2,7 @@
 //! horizon or sequential) starts from.
 
 use crate::error::StatsError;
-use crate::summary::ArmStatistic;
+use crate::summary::{ArmStatistic, Proportion};
 
 /// How the candidate is compared with the baseline.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -92,6 +92,44 @@ impl Effect {
     }
 }
 
+impl Effect {
+    /// The absolute difference of two proportions (`p_b − p_a`) with a standard error
+    /// that stays honest when an arm has few events: the larger of the unpooled
+    /// variance `p_a(1−p_a)/n_a + p_b(1−p_b)/n_b` (what [`Effect::between`] gives) and
+    /// the pooled one `p̄(1−p̄)(1/n_a + 1/n_b)`, `p̄` the rate of both arms together.
+    ///
+    /// Why both. Each is consistent for the variance under "no difference", and each
+    /// fails in one tail of a small count. The unpooled one collapses when the smaller
+    /// arm has no events (its term is `0·1/n`): an arm with 160 requests and 0 errors
+    /// against one with 2,000 and 1% looks like a 1-point gap with the standard error of
+    /// the large arm alone, 4.5 standard errors, where the chance of 0 errors
+    /// among 160 at 1% is 20%. The pooled one (the score test's) understates the upper
+    /// tail of a small arm's count: 6 errors where 1.5 are expected read as 3.7 standard
+    /// errors (normal tail 1e-4) where the Poisson tail is 5e-3. The unpooled variance
+    /// grows with the small arm's count, so it is the conservative one in that tail;
+    /// the pooled one keeps the null's rate in the small arm, so it is the
+    /// conservative one when that arm has few or no events. The larger of the two is
+    /// conservative in both, and changes nothing when both arms have many events (they
+    /// agree).
+    ///
+    /// Refuses arms under two units and two arms both at 0 or both at 1
+    /// ([`StatsError::ZeroVariance`]: nothing to test).
+    pub fn between_proportions(
+        baseline: &Proportion,
+        candidate: &Proportion,
+    ) -> Result<Self, StatsError> {
+        let unpooled = Self::between(baseline, candidate, Difference::Absolute)?;
+        let (n_a, n_b) = (baseline.units() as f64, candidate.units() as f64);
+        let pooled_rate = (baseline.successes() + candidate.successes()) as f64 / (n_a + n_b);
+        let pooled = pooled_rate * (1.0 - pooled_rate) * (1.0 / n_a + 1.0 / n_b);
+        let variance = unpooled.standard_error.powi(2).max(pooled);
+        Ok(Self {
+            standard_error: variance.sqrt(),
+            ..unpooled
+        })
+    }
+}
+
 /// Refuses a comparison while either arm has fewer than `min_units` units: below it the
 /// answer is "not enough data", whatever the interval says. GrowthBook's default is 150
 /// (`DEFAULT_MIN_SAMPLE_SIZE`), its bandits' 100; quantiles add their own minimum
@@ -162,6 +200,51 @@ mod tests {
         let none = Proportion::new(1000, 0).expect("valid");
         assert_eq!(
             Effect::between(&a, &none, Difference::Absolute),
+            Err(StatsError::ZeroVariance)
+        );
+    }
+
+    #[test]
+    fn a_small_arm_without_errors_keeps_the_pooled_variance() {
+        // The A/A bandit's false rollbacks: the baseline near the floor with no errors
+        // (Wald z 4.5, pooled z 1.3).
+        let a = Proportion::new(160, 0).expect("valid");
+        let b = Proportion::new(2000, 20).expect("valid");
+        let wald = Effect::between(&a, &b, Difference::Absolute).expect("effect");
+        let e = Effect::between_proportions(&a, &b).expect("effect");
+        assert!((e.estimate - 0.01).abs() < 1e-12);
+        assert!(wald.estimate / wald.standard_error > 4.0);
+        let pooled: f64 = (20.0 / 2160.0) * (1.0 - 20.0 / 2160.0) * (1.0 / 160.0 + 1.0 / 2000.0);
+        assert!((e.standard_error - pooled.sqrt()).abs() < 1e-12);
+        assert!(e.estimate / e.standard_error < 1.3);
+    }
+
+    #[test]
+    fn a_small_arm_with_many_errors_keeps_its_own_variance() {
+        // Upper tail of a small count: the unpooled variance is the larger.
+        let a = Proportion::new(2000, 20).expect("valid");
+        let b = Proportion::new(150, 6).expect("valid");
+        let wald = Effect::between(&a, &b, Difference::Absolute).expect("effect");
+        let e = Effect::between_proportions(&a, &b).expect("effect");
+        assert_eq!(e, wald);
+    }
+
+    #[test]
+    fn large_balanced_arms_barely_change() {
+        let a = Proportion::new(5000, 50).expect("valid");
+        let b = Proportion::new(5000, 95).expect("valid");
+        let wald = Effect::between(&a, &b, Difference::Absolute).expect("effect");
+        let e = Effect::between_proportions(&a, &b).expect("effect");
+        assert!(e.standard_error >= wald.standard_error);
+        assert!(e.standard_error / wald.standard_error < 1.001);
+        assert_eq!(
+            Effect::between_proportions(&a, &Proportion::new(10, 0).expect("valid"))
+                .map(|e| e.units),
+            Ok(5010)
+        );
+        let none = Proportion::new(1000, 0).expect("valid");
+        assert_eq!(
+            Effect::between_proportions(&none, &none),
             Err(StatsError::ZeroVariance)
         );
     }

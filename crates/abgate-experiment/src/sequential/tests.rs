@@ -207,6 +207,50 @@ fn a_higher_error_rate_shown_with_confidence_rolls_back() {
     );
 }
 
+/// The cause of the A/A bandit's false rollbacks (bench/aa: 368 of 369, all with the
+/// smaller arm at 0 errors): a baseline near the bandit's floor with no error in 160
+/// requests against a candidate at 1% of 2,000. The per-arm (Wald) variance gives the
+/// baseline's term 0, and the 1-point gap read as 4.5 standard errors of the
+/// candidate alone; yet 0 errors in 160 at 1% happen one time in five. The pooled
+/// variance keeps the baseline's term, so this is no harm; a candidate failing 10%
+/// against the same baseline still is.
+#[test]
+fn a_small_baseline_without_errors_is_not_harm_by_itself() {
+    // A limit of 20% keeps the circuit breaker out of it: the comparison decides.
+    let spec = spec("rollback_criteria: {success_rate_drop: 0.8}");
+    let state = ExperimentState::new(&spec, T0);
+    let obs = pair(
+        &spec,
+        &state,
+        5,
+        (160, 0, 600.0, None),
+        (2000, 20, 600.0, None),
+    );
+    let v = judge(&spec, &obs);
+    assert!(!v.is_regressed(), "{v:?}");
+    assert!(
+        v.reason()
+            .contains("error rate 1% (20/2000) vs 0% (0/160): +1 points, lower bound -"),
+        "{}",
+        v.reason()
+    );
+    let obs = pair(
+        &spec,
+        &state,
+        5,
+        (160, 0, 600.0, None),
+        (2000, 200, 600.0, None),
+    );
+    let v = judge(&spec, &obs);
+    assert!(v.is_regressed(), "{v:?}");
+    assert!(
+        v.reason()
+            .contains("error rate 10% (200/2000) vs 0% (0/160)"),
+        "{}",
+        v.reason()
+    );
+}
+
 #[test]
 fn the_circuit_breaker_fires_whatever_the_comparison_says() {
     // Both variants fail 12%: no difference, but the candidate is past the hard limit
