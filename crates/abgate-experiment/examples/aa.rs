@@ -8,11 +8,7 @@
 //! `cargo run --release -p abgate-experiment --example aa -- [SCALE]`: SCALE (default
 //! 1) multiplies the default sizes (20,000 canaries, 20,000 A/B tests, 5,000 bandits).
 
-use std::path::Path;
-use std::sync::Arc;
-
 use abgate_config::model::Experiment;
-use abgate_config::SourceFile;
 use abgate_experiment::{
     advance, policy_for, step, Decision, ExperimentState, Observations, Phase,
 };
@@ -20,53 +16,13 @@ use abgate_telemetry::WindowStats;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
-const T0: u64 = 1_767_225_600_000;
+#[path = "../tests/common/mod.rs"]
+mod common;
 
-const HOST: &str = r#"
-apiVersion: networking.istio.io/v1beta1
-kind: ServiceEntry
-metadata: {name: llama-3.1-8b-service, namespace: production}
-spec:
-  hosts: [llama-3.1-8b-service]
-  location: MESH_INTERNAL
-  resolution: STATIC
-  ports: [{number: 8000, name: http, protocol: HTTP}]
-  endpoints:
-  - {address: 127.0.0.1, ports: {http: 18001}, labels: {version: v1.0}}
-  - {address: 127.0.0.1, ports: {http: 18002}, labels: {version: v1.1}}
----
-apiVersion: networking.istio.io/v1beta1
-kind: DestinationRule
-metadata: {name: llama-3.1-8b-destinations, namespace: production}
-spec:
-  host: llama-3.1-8b-service
-  subsets:
-  - {name: v1-0, labels: {version: v1.0}}
-  - {name: v1-1, labels: {version: v1.1}}
-"#;
+use common::{normal, T0};
 
 fn experiment(spec: &str) -> Experiment {
-    let lines: String = spec.lines().map(|l| format!("  {l}\n")).collect();
-    let yaml = format!(
-        "{HOST}---\napiVersion: abgate.dev/v1alpha1\nkind: Experiment\nmetadata: {{name: aa, namespace: production}}\nspec:\n  host: llama-3.1-8b-service\n  baseline: v1-0\n  policy: sequential\n{lines}"
-    );
-    let loaded = abgate_config::load_sources(&[SourceFile {
-        path: Arc::from(Path::new("aa.yaml")),
-        text: yaml,
-    }]);
-    assert!(!loaded.has_errors(), "the A/A experiment loads");
-    loaded
-        .config
-        .experiments
-        .into_iter()
-        .next()
-        .expect("one experiment")
-}
-
-fn normal(rng: &mut SmallRng) -> f64 {
-    let u1 = 1.0 - rng.random::<f64>();
-    let u2: f64 = rng.random();
-    (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
+    common::experiment("aa", spec)
 }
 
 /// Log-normal latency around 500 ms (σ 0.5), TTFT around 40 ms (σ 0.3), 1% errors.

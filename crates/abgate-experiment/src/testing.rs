@@ -10,30 +10,7 @@ use crate::observe::{Observations, VariantObservation};
 
 /// The seed's model host: a ServiceEntry whose endpoints carry the labels of subsets
 /// `v1-0`, `v1-1` and `v1-2`, and the DestinationRule defining them.
-const HOST: &str = r#"
-apiVersion: networking.istio.io/v1beta1
-kind: ServiceEntry
-metadata: {name: llama-3.1-8b-service, namespace: production}
-spec:
-  hosts: [llama-3.1-8b-service]
-  location: MESH_INTERNAL
-  resolution: STATIC
-  ports: [{number: 8000, name: http, protocol: HTTP}]
-  endpoints:
-  - {address: 127.0.0.1, ports: {http: 18001}, labels: {version: v1.0}}
-  - {address: 127.0.0.1, ports: {http: 18002}, labels: {version: v1.1}}
-  - {address: 127.0.0.1, ports: {http: 18003}, labels: {version: v1.2}}
----
-apiVersion: networking.istio.io/v1beta1
-kind: DestinationRule
-metadata: {name: llama-3.1-8b-destinations, namespace: production}
-spec:
-  host: llama-3.1-8b-service
-  subsets:
-  - {name: v1-0, labels: {version: v1.0}}
-  - {name: v1-1, labels: {version: v1.1}}
-  - {name: v1-2, labels: {version: v1.2}}
-"#;
+const HOST: &str = include_str!("../tests/fixtures/seed-host.yaml");
 
 /// An Experiment on the seed's host, written as the seed's `run_model_comparison_experiment`
 /// (`traffic_split: {v1-0: 70, v1-1: 30}`, 24 hours, its rollback criteria) and judged

@@ -19,11 +19,7 @@
 //! `bench/aa` measures the rates on 5,000 runs, and the cause has its own unit test
 //! (`sequential::tests::a_small_baseline_without_errors_is_not_harm_by_itself`).
 
-use std::path::Path;
-use std::sync::Arc;
-
 use abgate_config::model::Experiment;
-use abgate_config::SourceFile;
 use abgate_experiment::{
     advance, step, Decision, DecisionRecord, ExperimentState, Observations, Phase, Report,
     RewardTotals,
@@ -32,66 +28,16 @@ use abgate_telemetry::WindowStats;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
-const T0: u64 = 1_767_225_600_000;
-const MINUTE: u64 = 60_000;
+mod common;
 
-const HOST: &str = r#"
-apiVersion: networking.istio.io/v1beta1
-kind: ServiceEntry
-metadata: {name: llama-3.1-8b-service, namespace: production}
-spec:
-  hosts: [llama-3.1-8b-service]
-  location: MESH_INTERNAL
-  resolution: STATIC
-  ports: [{number: 8000, name: http, protocol: HTTP}]
-  endpoints:
-  - {address: 127.0.0.1, ports: {http: 18001}, labels: {version: v1.0}}
-  - {address: 127.0.0.1, ports: {http: 18002}, labels: {version: v1.1}}
-  - {address: 127.0.0.1, ports: {http: 18003}, labels: {version: v1.2}}
----
-apiVersion: networking.istio.io/v1beta1
-kind: DestinationRule
-metadata: {name: llama-3.1-8b-destinations, namespace: production}
-spec:
-  host: llama-3.1-8b-service
-  subsets:
-  - {name: v1-0, labels: {version: v1.0}}
-  - {name: v1-1, labels: {version: v1.1}}
-  - {name: v1-2, labels: {version: v1.2}}
-"#;
+use common::{normal, T0};
+
+const MINUTE: u64 = 60_000;
 
 /// A bandit Experiment on the seed's host under the sequential policy, with `spec`
 /// lines added.
 fn experiment(spec: &str) -> Experiment {
-    let lines: String = spec.lines().map(|l| format!("  {l}\n")).collect();
-    let yaml = format!(
-        "{HOST}---
-apiVersion: abgate.dev/v1alpha1
-kind: Experiment
-metadata: {{name: bandit, namespace: production}}
-spec:
-  host: llama-3.1-8b-service
-  baseline: v1-0
-  strategy: bandit
-  policy: sequential
-  interval: 1m
-{lines}"
-    );
-    let loaded = abgate_config::load_sources(&[SourceFile {
-        path: Arc::from(Path::new("bandit.yaml")),
-        text: yaml.clone(),
-    }]);
-    assert!(
-        !loaded.has_errors(),
-        "{yaml}\n{:?}",
-        loaded
-            .diagnostics
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-    );
-    let mut experiments = loaded.config.experiments;
-    experiments.remove(0)
+    common::experiment("bandit", &format!("strategy: bandit\ninterval: 1m\n{spec}"))
 }
 
 /// The smallest `k` with `P(Binomial(n, rate) > k) ≤ level`, from the exact
@@ -115,12 +61,6 @@ fn binomial_upper_is_the_exact_tail_quantile() {
     assert_eq!(binomial_upper(200, 0.05, 0.01), 18);
     assert_eq!(binomial_upper(20, 0.5, 0.5), 10);
     assert_eq!(binomial_upper(10, 0.0, 0.01), 0);
-}
-
-fn normal(rng: &mut SmallRng) -> f64 {
-    let u1 = 1.0 - rng.random::<f64>();
-    let u2: f64 = rng.random();
-    (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
 }
 
 /// An arm: its chance of failing a request, and of a thumbs-up when it does not.

@@ -13,11 +13,7 @@
 //! `ABGATE_SIM_SCALE=10 cargo test --release -p abgate-experiment --test simulation --
 //! --nocapture` runs ten times as many experiments and prints the figures.
 
-use std::path::Path;
-use std::sync::Arc;
-
 use abgate_config::model::Experiment;
-use abgate_config::SourceFile;
 use abgate_experiment::{
     apply, step, Decision, ExperimentState, Observations, Phase, Policy, Sequential,
 };
@@ -26,58 +22,11 @@ use abgate_telemetry::WindowStats;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
+mod common;
+
+use common::{experiment, normal, T0};
+
 const ALPHA: f64 = 0.05;
-const T0: u64 = 1_767_225_600_000;
-
-/// The seed's host: a ServiceEntry and the DestinationRule with subsets v1-0, v1-1.
-const HOST: &str = r#"
-apiVersion: networking.istio.io/v1beta1
-kind: ServiceEntry
-metadata: {name: llama-3.1-8b-service, namespace: production}
-spec:
-  hosts: [llama-3.1-8b-service]
-  location: MESH_INTERNAL
-  resolution: STATIC
-  ports: [{number: 8000, name: http, protocol: HTTP}]
-  endpoints:
-  - {address: 127.0.0.1, ports: {http: 18001}, labels: {version: v1.0}}
-  - {address: 127.0.0.1, ports: {http: 18002}, labels: {version: v1.1}}
----
-apiVersion: networking.istio.io/v1beta1
-kind: DestinationRule
-metadata: {name: llama-3.1-8b-destinations, namespace: production}
-spec:
-  host: llama-3.1-8b-service
-  subsets:
-  - {name: v1-0, labels: {version: v1.0}}
-  - {name: v1-1, labels: {version: v1.1}}
-"#;
-
-/// An Experiment of v1-0 (baseline) against v1-1 under the `sequential` policy, with
-/// `spec` lines (strategy, split, interval, duration, criteria).
-fn experiment(spec: &str) -> Experiment {
-    let lines: String = spec.lines().map(|l| format!("  {l}\n")).collect();
-    let yaml = format!(
-        "{HOST}---
-apiVersion: abgate.dev/v1alpha1
-kind: Experiment
-metadata: {{name: sim, namespace: production}}
-spec:
-  host: llama-3.1-8b-service
-  baseline: v1-0
-  policy: sequential
-{lines}"
-    );
-    let loaded = abgate_config::load_sources(&[SourceFile {
-        path: Arc::from(Path::new("sim.yaml")),
-        text: yaml.clone(),
-    }]);
-    assert!(!loaded.has_errors(), "{yaml}");
-    let mut experiments = loaded.config.experiments;
-    assert_eq!(experiments.len(), 1);
-    experiments.remove(0)
-}
-
 /// How many times the default sizes to run (`ABGATE_SIM_SCALE`, 1 by default).
 fn scale() -> usize {
     std::env::var("ABGATE_SIM_SCALE")
@@ -98,12 +47,6 @@ fn lower_bound(n: usize, rate: f64) -> usize {
     (n_f * rate - 3.0 * (n_f * rate * (1.0 - rate)).sqrt())
         .ceil()
         .max(0.0) as usize
-}
-
-fn normal(rng: &mut SmallRng) -> f64 {
-    let u1 = 1.0 - rng.random::<f64>();
-    let u2: f64 = rng.random();
-    (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
 }
 
 /// One request: failed or not, its latency, its TTFT (if it produced a first token).
@@ -260,6 +203,7 @@ fn run(spec: &Experiment, servers: &[Server], traffic: &Traffic, rng: &mut Small
 fn aa_canary_rolls_back_and_claims_improvement_at_most_alpha() {
     let experiments = 4000 * scale();
     let spec = experiment(
+        "sim",
         "traffic_split: {v1-0: 70, v1-1: 30}\nstrategy: canary\ninterval: 1m\nduration: 2h\nrollback_criteria: {success_rate_drop: 0.95}\nanalysis: {minSamples: 100}",
     );
     let servers = [lognormal(500.0, 40.0, 0.01), lognormal(500.0, 40.0, 0.01)];
@@ -312,6 +256,7 @@ fn aa_canary_rolls_back_and_claims_improvement_at_most_alpha() {
 fn aa_abtest_rolls_back_and_names_a_winner_at_most_alpha() {
     let experiments = 3000 * scale();
     let spec = experiment(
+        "sim",
         "traffic_split: {v1-0: 50, v1-1: 50}\nstrategy: abtest\ninterval: 1m\nduration: 40m\nrollback_criteria: {success_rate_drop: 0.95}\nanalysis: {minSamples: 100}",
     );
     let servers = [lognormal(500.0, 40.0, 0.01), lognormal(500.0, 40.0, 0.01)];
@@ -381,6 +326,7 @@ fn units_for_power(effect: f64, se: impl Fn(u64) -> f64, limit: f64, step: u64) 
 /// (`None` when it did not roll back).
 fn time_to_rollback(servers: &[Server], experiments: usize, seed: u64) -> Vec<Option<u64>> {
     let spec = experiment(
+        "sim",
         "traffic_split: {v1-0: 50, v1-1: 50}\nstrategy: abtest\ninterval: 1m\nduration: 1000m\nrollback_criteria: {success_rate_drop: 0.95}\nanalysis: {minSamples: 100}",
     );
     let traffic = Traffic {
@@ -459,8 +405,7 @@ fn a_candidate_with_two_points_more_errors_is_rolled_back() {
 /// The demo's canary (`abgate demo`: 90/10, +10 up to 50, minSamples 40, every 3 s,
 /// 100 s), about 100 requests a second, under the sequential policy.
 fn demo(servers: &[Server], seed: u64) -> Run {
-    let spec = experiment(
-        "variants: [{name: v1-0, weight: 90}, {name: v1-1, weight: 10}]\nstrategy: canary\ninterval: 3s\nduration: 100s\ncanary: {stepWeight: 10, maxWeight: 50}\nanalysis: {minSamples: 40}\nrollback_criteria: {latency_degradation: 0.2, success_rate_drop: 0.95}",
+    let spec = experiment("sim", "variants: [{name: v1-0, weight: 90}, {name: v1-1, weight: 10}]\nstrategy: canary\ninterval: 3s\nduration: 100s\ncanary: {stepWeight: 10, maxWeight: 50}\nanalysis: {minSamples: 40}\nrollback_criteria: {latency_degradation: 0.2, success_rate_drop: 0.95}",
     );
     let traffic = Traffic {
         per_look: 300,
