@@ -263,16 +263,23 @@ impl Report {
     fn decision_marks(&self, frame: &Frame, svg: &mut String) {
         for d in self.decisions.iter().filter(|d| d.kind != "hold") {
             let x = frame.x(d.at);
+            // A label near the right edge goes to the left of its line, inside the chart.
+            let (label_x, anchor) = if x > WIDTH - RIGHT - 90.0 {
+                (x - 3.0, "end")
+            } else {
+                (x + 3.0, "start")
+            };
             let _ = write!(
                 svg,
-                r#"<g data-decision="{}"><title>{} at t+{}: {}</title><line class="decision" x1="{x:.1}" x2="{x:.1}" y1="{TOP}" y2="{:.1}"/><text class="decision-label" x="{:.1}" y="{:.1}">{}</text></g>"#,
+                r#"<g data-decision="{}"><title>{} at t+{}: {}</title><line class="decision" x1="{x:.1}" x2="{x:.1}" y1="{TOP}" y2="{:.1}"/><text class="decision-label" x="{:.1}" y="{:.1}" text-anchor="{}">{}</text></g>"#,
                 escape(&d.kind),
                 escape(&d.kind),
                 fmt::duration(d.at.saturating_sub(self.started_at)),
                 escape(&d.reason),
                 HEIGHT - BOTTOM,
-                x + 3.0,
+                label_x,
                 TOP + 10.0,
+                anchor,
                 escape(&d.kind)
             );
         }
