@@ -101,6 +101,9 @@ impl Default for Limits {
     }
 }
 
+/// hyper's default limit on HTTP/1.1 request headers.
+const HYPER_MAX_HEADERS: usize = 100;
+
 impl Limits {
     /// The server connection builder these limits configure.
     fn builder(&self) -> auto::Builder<TokioExecutor> {
@@ -109,8 +112,12 @@ impl Limits {
             .http1()
             .timer(TokioTimer::new())
             .header_read_timeout(self.header_read_timeout)
-            .max_buf_size(self.max_header_bytes.max(8192))
-            .max_headers(self.max_headers);
+            .max_buf_size(self.max_header_bytes.max(8192));
+        // hyper's own limit is 100 headers, checked in an array on the stack; setting a
+        // limit (even 100) makes it fill a vector of that size for every request head.
+        if self.max_headers != HYPER_MAX_HEADERS {
+            builder.http1().max_headers(self.max_headers);
+        }
         builder
             .http2()
             .timer(TokioTimer::new())

@@ -9,8 +9,10 @@
 //! - Chunk gap: the time between two consecutive content chunks forwarded.
 //! - Tokens: `usage` when the response carries it, else the number of content chunks.
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::Instant;
+
+use bytes::Bytes;
 
 use crate::observe::{Observers, Outcome, RequestInfo};
 
@@ -49,12 +51,50 @@ pub struct Meter {
 
 struct LlmScan {
     kind: LlmKind,
-    /// SSE: the partial line carried to the next chunk. JSON: the body so far.
+    /// SSE: the partial line carried to the next chunk.
     buffer: Vec<u8>,
+    /// JSON: the body so far.
+    json: JsonBody,
     first_content: Option<Instant>,
     last_content: Option<Instant>,
     content_chunks: u64,
     usage: Option<(u64, u64)>,
+}
+
+/// A JSON response body as it arrives. Most come in one chunk, which is held as it is
+/// (a reference count, no copy); a second chunk starts a buffer.
+enum JsonBody {
+    Empty,
+    One(Bytes),
+    Many(Vec<u8>),
+}
+
+impl JsonBody {
+    /// Adds a chunk, unless the body would grow past [`MAX_JSON_SCAN`].
+    fn push(&mut self, chunk: &Bytes) {
+        let len = self.bytes().len();
+        if len + chunk.len() > MAX_JSON_SCAN {
+            return;
+        }
+        match self {
+            JsonBody::Empty => *self = JsonBody::One(chunk.clone()),
+            JsonBody::One(first) => {
+                let mut buffer = Vec::with_capacity(len + chunk.len());
+                buffer.extend_from_slice(first);
+                buffer.extend_from_slice(chunk);
+                *self = JsonBody::Many(buffer);
+            }
+            JsonBody::Many(buffer) => buffer.extend_from_slice(chunk),
+        }
+    }
+
+    fn bytes(&self) -> &[u8] {
+        match self {
+            JsonBody::Empty => &[],
+            JsonBody::One(b) => b,
+            JsonBody::Many(v) => v,
+        }
+    }
 }
 
 impl Meter {
@@ -100,6 +140,7 @@ impl Meter {
         self.llm = llm.map(|kind| LlmScan {
             kind,
             buffer: Vec::new(),
+            json: JsonBody::Empty,
             first_content: None,
             last_content: None,
             content_chunks: 0,
@@ -108,15 +149,11 @@ impl Meter {
     }
 
     /// A chunk of the response forwarded to the client.
-    pub fn data(&mut self, chunk: &[u8]) {
+    pub fn data(&mut self, chunk: &Bytes) {
         self.response_bytes += chunk.len() as u64;
         let Some(scan) = &mut self.llm else { return };
         match scan.kind {
-            LlmKind::Json => {
-                if scan.buffer.len() + chunk.len() <= MAX_JSON_SCAN {
-                    scan.buffer.extend_from_slice(chunk);
-                }
-            }
+            LlmKind::Json => scan.json.push(chunk),
             LlmKind::Stream => {
                 let now = Instant::now();
                 scan.buffer.extend_from_slice(chunk);
@@ -173,7 +210,7 @@ impl Meter {
         let mut llm = None;
         if let Some(scan) = &self.llm {
             let usage = match scan.kind {
-                LlmKind::Json => usage_of(&scan.buffer),
+                LlmKind::Json => usage_of(scan.json.bytes()),
                 LlmKind::Stream => scan.usage,
             };
             let (prompt_tokens, completion_tokens) = usage.unwrap_or((0, scan.content_chunks));
@@ -244,26 +281,119 @@ fn has_content(event: &[u8]) -> bool {
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
+    memchr::memmem::find(haystack, needle)
+}
+
+/// `"usage":{`, searched for in every JSON body and SSE event (a searcher made once).
+static USAGE_KEY: LazyLock<memchr::memmem::Finder<'static>> =
+    LazyLock::new(|| memchr::memmem::Finder::new(b"\"usage\":{"));
+static USAGE_KEY_SPACED: LazyLock<memchr::memmem::Finder<'static>> =
+    LazyLock::new(|| memchr::memmem::Finder::new(b"\"usage\": {"));
+/// `"usage":`, searched for from the end.
+static USAGE_KEY_LAST: LazyLock<memchr::memmem::FinderRev<'static>> =
+    LazyLock::new(|| memchr::memmem::FinderRev::new(b"\"usage\":"));
+
+#[derive(serde::Deserialize)]
+struct Usage {
+    #[serde(default)]
+    prompt_tokens: u64,
+    #[serde(default)]
+    completion_tokens: u64,
 }
 
 /// `(prompt_tokens, completion_tokens)` of a JSON object's `usage`, parsed only when the
 /// text holds a `usage` object.
+///
+/// It runs on every completion, so the document is not parsed whole. OpenAI servers put
+/// `usage` last: when the text ends with the `usage` member and the object's closing
+/// brace, that member is the top-level one and only it is parsed. Otherwise a structural
+/// scan (strings and nesting) finds the top-level `usage` and checks that the text is one
+/// balanced object, and again only the `usage` value is parsed.
 pub(crate) fn usage_of(json: &[u8]) -> Option<(u64, u64)> {
-    find(json, b"\"usage\":{").or_else(|| find(json, b"\"usage\": {"))?;
-    #[derive(serde::Deserialize)]
-    struct Usage {
-        #[serde(default)]
-        prompt_tokens: u64,
-        #[serde(default)]
-        completion_tokens: u64,
+    USAGE_KEY
+        .find(json)
+        .or_else(|| USAGE_KEY_SPACED.find(json))?;
+    if json.trim_ascii_start().first() != Some(&b'{') {
+        return None;
     }
-    #[derive(serde::Deserialize)]
-    struct WithUsage {
-        usage: Option<Usage>,
+    if let Some(usage) = last_member_usage(json) {
+        return usage;
     }
-    let parsed: WithUsage = serde_json::from_slice(json).ok()?;
-    parsed.usage.map(|u| (u.prompt_tokens, u.completion_tokens))
+    let value = top_level_value(json, b"usage")?;
+    let mut parser = serde_json::Deserializer::from_slice(value);
+    let usage: Option<Usage> = serde::Deserialize::deserialize(&mut parser).ok()?;
+    usage.map(|u| (u.prompt_tokens, u.completion_tokens))
+}
+
+/// The `usage` of an object whose last member it is (`Some(None)` for `"usage":null`);
+/// `None` when the text does not end that way.
+fn last_member_usage(json: &[u8]) -> Option<Option<(u64, u64)>> {
+    let at = USAGE_KEY_LAST.rfind(json)?;
+    let value = &json[at + b"\"usage\":".len()..];
+    let mut values = serde_json::Deserializer::from_slice(value).into_iter::<Option<Usage>>();
+    let usage = values.next()?.ok()?;
+    // The key is a member of the object that the final brace closes: the top-level one.
+    if value[values.byte_offset()..].trim_ascii() != b"}" {
+        return None;
+    }
+    Some(usage.map(|u| (u.prompt_tokens, u.completion_tokens)))
+}
+
+/// The text from the value of `key` in a top-level JSON object to the end, when the text
+/// is one object whose strings close and whose brackets balance, with only whitespace
+/// around it. The first `key` wins.
+fn top_level_value<'a>(json: &'a [u8], key: &[u8]) -> Option<&'a [u8]> {
+    let start = json.iter().position(|b| !b.is_ascii_whitespace())?;
+    if json[start] != b'{' {
+        return None;
+    }
+    let mut depth = 0usize;
+    let mut found = None;
+    let mut i = start;
+    while i < json.len() {
+        match json[i] {
+            b'"' => {
+                // To the closing quote, over escapes (strings are short: a plain loop
+                // beats a vectorized search here).
+                let mut end = i + 1;
+                loop {
+                    match json.get(end)? {
+                        b'"' => break,
+                        b'\\' => end += 2,
+                        _ => end += 1,
+                    }
+                }
+                if depth == 1 && found.is_none() && &json[i + 1..end] == key {
+                    // A key, when a colon follows.
+                    let colon = end
+                        + 1
+                        + json[end + 1..]
+                            .iter()
+                            .position(|b| !b.is_ascii_whitespace())?;
+                    if json[colon] == b':' {
+                        found = Some(colon + 1);
+                    }
+                }
+                i = end + 1;
+            }
+            b'{' | b'[' => {
+                depth += 1;
+                i += 1;
+            }
+            b'}' | b']' => {
+                depth = depth.checked_sub(1)?;
+                i += 1;
+                if depth == 0 {
+                    break;
+                }
+            }
+            _ => i += 1,
+        }
+    }
+    if depth != 0 || json[i..].iter().any(|b| !b.is_ascii_whitespace()) {
+        return None;
+    }
+    found.map(|at| &json[at..])
 }
 
 #[cfg(test)]
@@ -284,6 +414,43 @@ mod tests {
         assert_eq!(usage_of(br#"{"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":7,"total_tokens":10}}"#), Some((3, 7)));
         assert_eq!(usage_of(br#"{"choices":[]}"#), None);
         assert_eq!(usage_of(br#"{"usage":null}"#), None);
+        // Only the top-level object's `usage`, and only in a whole document.
+        assert_eq!(
+            usage_of(br#"{"choices":[{"usage":{"prompt_tokens":9}}],"usage":{"prompt_tokens":1,"completion_tokens":2}}"#),
+            Some((1, 2))
+        );
+        assert_eq!(
+            usage_of(
+                br#"{"x":"a \"usage\":{ } \\","usage":{"prompt_tokens":5,"completion_tokens":6}} "#
+            ),
+            Some((5, 6))
+        );
+        assert_eq!(
+            usage_of(br#"{"usage":{"prompt_tokens":1,"completion_tokens":2},"choices":["#),
+            None
+        );
+        assert_eq!(
+            usage_of(br#"{"usage":{"prompt_tokens":1,"completion_tokens":2}} trailing"#),
+            None
+        );
+        assert_eq!(usage_of(br#"[{"usage":{"prompt_tokens":1}}]"#), None);
+        assert_eq!(
+            usage_of(br#"{"a":{"usage":{"prompt_tokens":1,"completion_tokens":2}}}"#),
+            None
+        );
+        assert_eq!(
+            usage_of(br#" {"id":"x","usage": {"prompt_tokens":7,"completion_tokens":8,"details":{"cached":0}}} "#),
+            Some((7, 8))
+        );
+    }
+
+    #[test]
+    fn a_json_body_in_several_chunks_is_read_whole() {
+        let mut body = JsonBody::Empty;
+        body.push(&Bytes::from_static(br#"{"usage":{"prompt_tokens":3,"#));
+        assert!(matches!(body, JsonBody::One(_)));
+        body.push(&Bytes::from_static(br#""completion_tokens":4}}"#));
+        assert_eq!(usage_of(body.bytes()), Some((3, 4)));
     }
 
     #[test]
@@ -310,7 +477,7 @@ mod tests {
                       data: {\"choices\":[{\"delta\":{\"content\":\"b\"}}]}\n\n\
                       data: {\"choices\":[],\"usage\":{\"prompt_tokens\":4,\"completion_tokens\":2}}\n\ndata: [DONE]\n\n";
         for piece in stream.as_bytes().chunks(7) {
-            meter.data(piece);
+            meter.data(&Bytes::copy_from_slice(piece));
         }
         let scan = meter.llm.as_ref().expect("scanning");
         assert_eq!((scan.content_chunks, scan.usage), (2, Some((4, 2))));

@@ -18,6 +18,7 @@ use abgate_telemetry::{
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::{PathAndQuery, Scheme};
 use http::{request, Method, Request, Response, StatusCode, Uri};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -30,6 +31,14 @@ use crate::headers::{apply_request_ops, apply_response_ops, strip_hop_by_hop};
 use crate::meter::{LlmKind, Meter};
 use crate::observe::{Observers, RequestInfo};
 use crate::upstream::{Budget, Clients, UpstreamClient};
+
+// Header names the request path uses, made once: a `&str` name is parsed on every use.
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+static MODEL: HeaderName = HeaderName::from_static(MODEL_HEADER);
+static FLAGS: HeaderName = HeaderName::from_static(FLAGS_HEADER);
 
 /// Request bodies up to this size are buffered so that they can be retried, mirrored, or
 /// read for their `model`; larger ones stream through once.
@@ -89,7 +98,7 @@ pub async fn handle(
     let started = std::time::Instant::now();
     let request_id = req
         .headers()
-        .get("x-request-id")
+        .get(&X_REQUEST_ID)
         .cloned()
         .unwrap_or_else(new_request_id);
     let grpc = req
@@ -142,13 +151,13 @@ pub async fn handle(
     };
     // Flags are the gateway's own: an upstream's header of that name is not passed on.
     match flags.is_empty() {
-        true => response.headers_mut().remove(FLAGS_HEADER),
+        true => response.headers_mut().remove(&FLAGS),
         false => response.headers_mut().insert(
-            FLAGS_HEADER,
+            &FLAGS,
             HeaderValue::from_str(&flags.to_string()).expect("flag names are header-safe"),
         ),
     };
-    response.headers_mut().insert("x-request-id", request_id);
+    response.headers_mut().insert(&X_REQUEST_ID, request_id);
 
     let mut meter = meter.observed(Arc::clone(&shared.observers), info);
     let status = response.status();
@@ -174,9 +183,14 @@ fn llm_kind(headers: &HeaderMap, completion_path: bool) -> Option<LlmKind> {
     }
 }
 
+/// 32 random lowercase hex digits.
 fn new_request_id() -> HeaderValue {
     let id: u128 = rand::random();
-    HeaderValue::from_str(&format!("{id:032x}")).expect("hex is a valid header value")
+    let mut hex = [0u8; 32];
+    for (i, digit) in hex.iter_mut().enumerate() {
+        *digit = b"0123456789abcdef"[((id >> (124 - 4 * i)) & 0xf) as usize];
+    }
+    HeaderValue::from_bytes(&hex).expect("hex is a valid header value")
 }
 
 fn draw() -> u64 {
@@ -241,7 +255,7 @@ async fn proxy(
     let mut body = Some(body);
     // The model header is the gateway's reading of the body, never the client's word.
     if vhost.reads_model {
-        parts.headers.remove(MODEL_HEADER);
+        parts.headers.remove(&MODEL);
     }
     if vhost.reads_model && parts.method == Method::POST {
         let bytes = read_bounded(
@@ -250,9 +264,7 @@ async fn proxy(
         )
         .await?;
         if let Some(model) = model_of(&bytes) {
-            parts
-                .headers
-                .insert(HeaderName::from_static(MODEL_HEADER), model);
+            parts.headers.insert(&MODEL, model);
         }
         buffered = Some(bytes);
     }
@@ -376,21 +388,27 @@ async fn proxy(
                 (body, _) => body,
             };
             let path = rewritten_path(&route, &parts.uri, matched_block);
-            let upstream_authority = route
-                .rewrite
-                .as_ref()
-                .and_then(|r| r.authority.clone())
-                .unwrap_or_else(|| authority.clone());
+            let rewritten_authority = route.rewrite.as_ref().and_then(|r| r.authority.clone());
+            // The Host sent upstream: the client's own header when nothing changes it.
+            let host = match (&rewritten_authority, parts.uri.authority()) {
+                (Some(a), _) => HeaderValue::from_str(a).ok(),
+                (None, Some(a)) => HeaderValue::from_str(a.as_str()).ok(),
+                (None, None) => parts.headers.get(header::HOST).cloned(),
+            };
+            let upstream_authority = rewritten_authority.unwrap_or_else(|| authority.clone());
             let mut headers = std::mem::take(&mut parts.headers);
             strip_hop_by_hop(&mut headers);
             apply_request_ops(&mut headers, &route.headers.request);
             apply_request_ops(&mut headers, &target.headers.request);
-            headers.insert("x-request-id", request_id.clone());
+            headers.insert(&X_REQUEST_ID, request_id.clone());
             headers.insert(
-                "x-forwarded-proto",
+                &X_FORWARDED_PROTO,
                 HeaderValue::from_static(if conn.tls { "https" } else { "http" }),
             );
             append_forwarded_for(&mut headers, conn.remote);
+            if let Some(host) = host {
+                headers.insert(header::HOST, host);
+            }
             let template = UpstreamRequest {
                 method: parts.method.clone(),
                 path,
@@ -424,7 +442,7 @@ async fn proxy(
                 !http2,
                 target,
                 &route.retries,
-                &template,
+                template,
                 body,
                 hash,
                 deadline,
@@ -474,21 +492,39 @@ fn fits(headers: &HeaderMap, body: &Incoming, limit: usize) -> bool {
         .is_some_and(|n| n <= limit)
 }
 
-async fn read_bounded(body: Incoming, limit: usize) -> Result<Bytes, ProxyError> {
-    match http_body_util::Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e)
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some() =>
-        {
-            Err(ProxyError::BodyTooLarge {
+/// The whole body, refused past `limit` bytes. A body that comes in one frame (the
+/// usual small JSON request) is returned as it came, without a copy.
+async fn read_bounded(mut body: Incoming, limit: usize) -> Result<Bytes, ProxyError> {
+    let mut first: Option<Bytes> = None;
+    let mut joined: Vec<u8> = Vec::new();
+    let mut len = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame
+            .map_err(|e| ProxyError::BadRequest(format!("cannot read the request body: {e}")))?;
+        // Trailers are not part of the bytes.
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        len += data.len();
+        if len > limit {
+            return Err(ProxyError::BodyTooLarge {
                 limit: limit as u64,
-            })
+            });
         }
-        Err(e) => Err(ProxyError::BadRequest(format!(
-            "cannot read the request body: {e}"
-        ))),
+        match first.take() {
+            None if joined.is_empty() => first = Some(data),
+            None => joined.extend_from_slice(&data),
+            Some(previous) => {
+                joined.reserve(previous.len() + data.len());
+                joined.extend_from_slice(&previous);
+                joined.extend_from_slice(&data);
+            }
+        }
     }
+    Ok(match first {
+        Some(only) => only,
+        None => Bytes::from(joined),
+    })
 }
 
 /// The OpenAI request's `model`, as a header value.
@@ -557,21 +593,64 @@ fn hash_of(
 }
 
 fn append_forwarded_for(headers: &mut HeaderMap, remote: SocketAddr) {
-    let ip = remote.ip().to_string();
-    let value = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(existing) => format!("{existing}, {ip}"),
-        None => ip,
+    // The client's address, written without `fmt` (IPv4 is the common case).
+    let mut ip = [0u8; 15];
+    let mut len = 0;
+    let text;
+    let ip: &[u8] = match remote.ip() {
+        std::net::IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    ip[len] = b'.';
+                    len += 1;
+                }
+                if octet >= 100 {
+                    ip[len] = b'0' + octet / 100;
+                    len += 1;
+                }
+                if octet >= 10 {
+                    ip[len] = b'0' + octet / 10 % 10;
+                    len += 1;
+                }
+                ip[len] = b'0' + octet % 10;
+                len += 1;
+            }
+            &ip[..len]
+        }
+        v6 => {
+            text = v6.to_string();
+            text.as_bytes()
+        }
     };
-    if let Ok(v) = HeaderValue::from_str(&value) {
-        headers.insert("x-forwarded-for", v);
+    // An existing value that is not text is replaced, as before.
+    let existing = headers.get(&X_FORWARDED_FOR).filter(|v| v.to_str().is_ok());
+    let value = match existing {
+        Some(existing) => {
+            let mut joined = Vec::with_capacity(existing.len() + 2 + ip.len());
+            joined.extend_from_slice(existing.as_bytes());
+            joined.extend_from_slice(b", ");
+            joined.extend_from_slice(ip);
+            HeaderValue::from_maybe_shared(Bytes::from(joined))
+        }
+        None => HeaderValue::from_bytes(ip),
+    };
+    if let Ok(v) = value {
+        headers.insert(&X_FORWARDED_FOR, v);
     }
 }
 
-/// The path and query sent upstream, after `rewrite`.
-fn rewritten_path(route: &Route, uri: &Uri, matched_block: Option<usize>) -> String {
+/// The path and query sent upstream, after `rewrite`; `None` when a rewrite makes it
+/// invalid. Without a rewrite, the request's own (shared, not copied).
+fn rewritten_path(route: &Route, uri: &Uri, matched_block: Option<usize>) -> Option<PathAndQuery> {
     let path = uri.path();
     let new_path = match route.rewrite.as_ref().and_then(|r| r.uri.as_ref()) {
-        None => path.to_owned(),
+        None => {
+            return Some(
+                uri.path_and_query()
+                    .cloned()
+                    .unwrap_or_else(|| PathAndQuery::from_static("/")),
+            )
+        }
         Some(UriRewrite::Prefix(replacement)) => {
             let matched = matched_block.and_then(|i| route.matches[i].uri.as_ref());
             match matched {
@@ -586,10 +665,11 @@ fn rewritten_path(route: &Route, uri: &Uri, matched_block: Option<usize>) -> Str
             re.replace_all(path, replacement.as_str()).into_owned()
         }
     };
-    match uri.query() {
+    let text = match uri.query() {
         Some(q) => format!("{new_path}?{q}"),
         None => new_path,
-    }
+    };
+    PathAndQuery::from_maybe_shared(text).ok()
 }
 
 fn redirect_location(
@@ -643,25 +723,39 @@ fn redirect_location(
 /// What is sent upstream, before an endpoint is chosen.
 struct UpstreamRequest {
     method: Method,
-    path: String,
+    /// Path and query (`None`: a rewrite made it invalid, and the request fails).
+    path: Option<PathAndQuery>,
+    /// The Host, as written in `headers` too.
     authority: String,
+    /// Every header sent, `Host` included.
     headers: HeaderMap,
 }
 
 impl UpstreamRequest {
+    /// The request to `endpoint`, with the template's headers (the caller passes them:
+    /// a copy, or the template's own for the last attempt) and `host_override` as Host.
     fn build(
         &self,
         endpoint: &Endpoint,
+        headers: HeaderMap,
         body: UpstreamBody,
         host_override: Option<&str>,
     ) -> Request<UpstreamBody> {
-        let uri = format!("http://{}{}", endpoint.authority, self.path);
+        let uri = match (&endpoint.uri_authority, &self.path) {
+            (Some(authority), Some(path)) => {
+                let mut uri = http::uri::Parts::default();
+                uri.scheme = Some(Scheme::HTTP);
+                uri.authority = Some(authority.clone());
+                uri.path_and_query = Some(path.clone());
+                Uri::from_parts(uri).unwrap_or_else(|_| Uri::from_static("/"))
+            }
+            _ => Uri::from_static("/"),
+        };
         let mut req = Request::new(body);
         *req.method_mut() = self.method.clone();
-        *req.uri_mut() = uri.parse().unwrap_or_else(|_| Uri::from_static("/"));
-        *req.headers_mut() = self.headers.clone();
-        let host = host_override.unwrap_or(&self.authority);
-        if let Ok(v) = HeaderValue::from_str(host) {
+        *req.uri_mut() = uri;
+        *req.headers_mut() = headers;
+        if let Some(Ok(v)) = host_override.map(HeaderValue::from_str) {
             req.headers_mut().insert(header::HOST, v);
         }
         req
@@ -684,7 +778,7 @@ async fn forward(
     http1: bool,
     target: &Target,
     policy: &RetryPolicy,
-    template: &UpstreamRequest,
+    mut template: UpstreamRequest,
     mut body: Sent,
     hash: Option<u64>,
     deadline: Option<Instant>,
@@ -696,10 +790,12 @@ async fn forward(
     let cluster = &target.cluster;
     let endpoints = &cluster.endpoints;
     let pool = cluster.policy.connection_pool.as_ref();
+    // Endpoints tried, kept only when the policy avoids them on a retry.
     let mut tried: Vec<usize> = Vec::new();
     let mut attempt: u32 = 0;
     // Set when a streamed request body grows past the limit.
-    let too_large = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let too_large = matches!(body, Sent::Stream(Some(_)))
+        .then(|| Arc::new(std::sync::atomic::AtomicBool::new(false)));
     // Held from a retry's scheduling until its outcome is known (Envoy's `maxRetries`).
     let mut _retry = None;
     // A streamed body can be sent once only.
@@ -712,9 +808,17 @@ async fn forward(
         let slot = match cluster.admit(http1) {
             Admission::Now(slot) => slot,
             Admission::Queued(waiter) => match deadline {
-                Some(d) => tokio::time::timeout_at(d, waiter)
-                    .await
-                    .map_err(|_| ProxyError::Timeout(started.elapsed()))?,
+                Some(d) => {
+                    let slot = tokio::time::timeout_at(d, waiter)
+                        .await
+                        .map_err(|_| ProxyError::Timeout(started.elapsed()))?;
+                    // A place freed in the tick the deadline passes is too late: tokio's
+                    // timeout polls the wait before its timer, so check the clock.
+                    if Instant::now() >= d {
+                        return Err(ProxyError::Timeout(started.elapsed()));
+                    }
+                    slot
+                }
                 None => waiter.await,
             },
             Admission::Overflow(why) => {
@@ -733,7 +837,9 @@ async fn forward(
                 .or_else(|| (0..endpoints.len()).find(|i| !tried.contains(i)))
                 .unwrap_or(index);
         }
-        tried.push(index);
+        if policy.ignore_previous_hosts {
+            tried.push(index);
+        }
         let endpoint = &endpoints[index];
         // The last endpoint tried answers for the request in the metrics.
         if let Some(series) = target.series.get(index) {
@@ -742,13 +848,21 @@ async fn forward(
         let upstream_body = match &mut body {
             Sent::Buffered(bytes) => UpstreamBody::full(bytes.clone()),
             Sent::Stream(incoming) => match incoming.take() {
-                Some(inner) => {
-                    UpstreamBody::limited(inner, shared.max_request_body, Arc::clone(&too_large))
-                }
+                Some(inner) => UpstreamBody::limited(
+                    inner,
+                    shared.max_request_body,
+                    Arc::clone(too_large.as_ref().expect("made for a streamed body")),
+                ),
                 None => UpstreamBody::full(Bytes::new()),
             },
         };
-        let mut request = template.build(endpoint, upstream_body, None);
+        // The last attempt takes the template's headers; an earlier one sends a copy.
+        let headers = if attempt >= attempts {
+            std::mem::take(&mut template.headers)
+        } else {
+            template.headers.clone()
+        };
+        let mut request = template.build(endpoint, headers, upstream_body, None);
         if let Some(info) = info.as_mut() {
             info.upstream_host = Some(endpoint.authority.clone());
             if let Some(trace) = info.trace.as_mut() {
@@ -770,7 +884,9 @@ async fn forward(
             None => Attempt::from_result(client.request(request).await, endpoint),
         };
         if matches!(outcome, Attempt::Failed(_))
-            && too_large.load(std::sync::atomic::Ordering::Acquire)
+            && too_large
+                .as_ref()
+                .is_some_and(|t| t.load(std::sync::atomic::Ordering::Acquire))
         {
             // The client's body, not the upstream, ended the exchange.
             return Err(ProxyError::BodyTooLarge {
@@ -949,8 +1065,16 @@ fn retriable_status(on: &RetryOn, status: StatusCode, headers: &HeaderMap) -> bo
     {
         return true;
     }
+    if !(on.unavailable
+        || on.cancelled
+        || on.deadline_exceeded
+        || on.internal
+        || on.resource_exhausted)
+    {
+        return false;
+    }
     let grpc = headers
-        .get("grpc-status")
+        .get(&GRPC_STATUS)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u8>().ok());
     matches!(
@@ -1007,7 +1131,12 @@ fn mirror_request(
     let series = mirror.series.get(index).cloned();
     let shadow = shadow_host(&template.authority);
     let request_bytes = body.len() as u64;
-    let request = template.build(&endpoint, UpstreamBody::full(body), Some(&shadow));
+    let request = template.build(
+        &endpoint,
+        template.headers.clone(),
+        UpstreamBody::full(body),
+        Some(&shadow),
+    );
     let pool = cluster.policy.connection_pool.as_ref();
     let client = shared.clients.get(pool, pool.is_some_and(|p| p.h2_upgrade));
     let limit = timeout.unwrap_or(Duration::from_secs(30));

@@ -6,9 +6,11 @@
 //! connect timeout nor a request budget per connection. So:
 //! - a cluster whose settings differ from the defaults gets its own client (shared by
 //!   every cluster with the same settings), built with those settings;
-//! - every connection carries a counter of the requests it served (a `Connected` extra),
-//!   and after the N-th response a connection is poisoned, so the pool never hands it out
-//!   again and it closes once its response ends (Envoy drains it the same way).
+//! - when a cluster sets it, every connection carries a counter of the requests it served
+//!   (a `Connected` extra), and after the N-th response a connection is poisoned, so the
+//!   pool never hands it out again and it closes once its response ends (Envoy drains it
+//!   the same way). Clusters without the limit use clients whose connections carry no
+//!   extra: hyper-util copies a connection's extra into every response otherwise.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -49,6 +51,8 @@ struct ClientKey {
     connect_timeout: Duration,
     idle_timeout: Duration,
     keepalive: Option<(Option<Duration>, Option<Duration>, Option<u32>)>,
+    /// Whether connections count their requests (`maxRequestsPerConnection`).
+    budget: bool,
 }
 
 impl ClientKey {
@@ -70,6 +74,9 @@ impl ClientKey {
                 .and_then(|p| p.idle_timeout)
                 .unwrap_or(DEFAULT_IDLE_TIMEOUT),
             keepalive,
+            budget: pool
+                .and_then(|p| p.max_requests_per_connection)
+                .is_some_and(|n| n > 0),
         }
     }
 
@@ -91,7 +98,10 @@ impl ClientKey {
         if self.http2 {
             builder.http2_only(true);
         }
-        builder.build(Connector { inner: http })
+        builder.build(Connector {
+            inner: http,
+            budget: self.budget,
+        })
     }
 }
 
@@ -149,6 +159,8 @@ impl Clients {
 #[derive(Clone, Debug)]
 pub struct Connector {
     inner: HttpConnector,
+    /// Whether each connection counts the requests it serves.
+    budget: bool,
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -164,11 +176,12 @@ impl tower_service::Service<Uri> for Connector {
 
     fn call(&mut self, uri: Uri) -> Self::Future {
         let connecting = tower_service::Service::<Uri>::call(&mut self.inner, uri);
+        let budget = self.budget;
         Box::pin(async move {
             let io = connecting.await.map_err(BoxError::from)?;
             Ok(Conn {
                 io,
-                served: Served::default(),
+                served: budget.then(Served::default),
             })
         })
     }
@@ -181,12 +194,19 @@ struct Served(Arc<AtomicU32>);
 /// An upstream TCP connection.
 pub struct Conn {
     io: TokioIo<TcpStream>,
-    served: Served,
+    /// The request counter, when the cluster limits requests per connection.
+    served: Option<Served>,
 }
 
 impl Connection for Conn {
+    /// A plain connection. `TcpStream`'s own `connected()` attaches an `HttpInfo` extra
+    /// (the addresses, two syscalls to read them) that hyper-util then copies into every
+    /// response; nothing here reads it.
     fn connected(&self) -> Connected {
-        self.io.connected().extra(self.served.clone())
+        match &self.served {
+            Some(served) => Connected::new().extra(served.clone()),
+            None => Connected::new(),
+        }
     }
 }
 

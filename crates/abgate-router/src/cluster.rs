@@ -52,6 +52,9 @@ const DEFAULT_MAX_EJECTION_MS: u64 = 300_000;
 pub struct Endpoint {
     /// `host:port` to connect to.
     pub authority: String,
+    /// [`Endpoint::authority`] parsed once, for the upstream request's URI (`None` when it
+    /// is not a valid URI authority).
+    pub uri_authority: Option<http::uri::Authority>,
     /// The endpoint's labels (`version` names it in metrics).
     pub labels: BTreeMap<String, String>,
     /// The server's own load report, for the LLM-aware balancer.
@@ -101,6 +104,7 @@ impl Endpoint {
     /// A new endpoint with no request in flight.
     pub fn new(authority: String, labels: BTreeMap<String, String>) -> Self {
         Self {
+            uri_authority: authority.parse().ok(),
             authority,
             labels,
             load: LoadReport::default(),
