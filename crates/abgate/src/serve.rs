@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use abgate_config::{Diagnostic, Loaded, Severity};
-use abgate_proxy::{AccessLogTarget, Running, ServeOptions};
+use abgate_proxy::{AccessLogTarget, Control, Running, ServeOptions};
 use anyhow::Context as _;
 use std::path::Path;
 use std::sync::Arc;
@@ -68,13 +68,16 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 10 << 20)]
     max_request_body: u64,
     /// Time a client has to send a request head (also the idle timeout of HTTP/1.1
-    /// keep-alive connections); the connection is closed after it.
+    /// keep-alive connections): a request under way gets 408, then the connection is
+    /// closed.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     header_read_timeout: Duration,
     /// Streams a client may have open at once on one HTTP/2 connection.
     #[arg(long, default_value_t = 256)]
     max_concurrent_streams: u32,
-    /// Runtime worker threads (default: one per core).
+    /// Runtime worker threads (default: one per core). `1` runs everything on one
+    /// thread, whose scheduler serves connections in turn: under hundreds of
+    /// connections its p99 is a fraction of a one-worker work-stealing runtime's.
     #[arg(long)]
     workers: Option<usize>,
 }
@@ -85,10 +88,20 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 
 /// Runs the gateway until SIGTERM or Ctrl-C.
 pub fn run(args: ServeArgs) -> ExitCode {
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    if let Some(workers) = args.workers {
-        runtime.worker_threads(workers.max(1));
-    }
+    // One worker: the current-thread scheduler. With the work-stealing one at a single
+    // worker, a tenth of the requests waited 30-300 ms behind the others at 256
+    // connections and more (its LIFO slot runs a task woken by the running one ahead of
+    // the queue, the likely cause); the current-thread one serves them in turn, with a
+    // p99 four to six times lower (bench/results/2026-11-27-profile.md).
+    let mut runtime = match args.workers {
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        Some(workers) => {
+            let mut runtime = tokio::runtime::Builder::new_multi_thread();
+            runtime.worker_threads(workers.max(1));
+            runtime
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
     let runtime = match runtime.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -170,18 +183,19 @@ async fn serve(args: ServeArgs) -> ExitCode {
     tokio::spawn(std::sync::Arc::clone(&controller).run(stop_rx));
     announce(&running);
 
+    let control = running.control();
     let (reload_tx, mut reload_rx) = mpsc::channel::<()>(1);
     let _watcher = watch_files(&args.files, reload_tx.clone());
     let mut hangup = signal(tokio::signal::unix::SignalKind::hangup());
     let mut terminate = signal(tokio::signal::unix::SignalKind::terminate());
     loop {
         tokio::select! {
-            _ = hangup.recv() => reload(&running, &controller, &args),
+            _ = hangup.recv() => reload_aside(&control, &controller, &args).await,
             Some(()) = reload_rx.recv() => {
                 // Editors write in several steps: let them finish before reading.
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 while reload_rx.try_recv().is_ok() {}
-                reload(&running, &controller, &args);
+                reload_aside(&control, &controller, &args).await;
             }
             _ = terminate.recv() => break,
             _ = tokio::signal::ctrl_c() => break,
@@ -287,8 +301,21 @@ fn announce(running: &Running) {
     println!("listening admin {}", running.admin);
 }
 
-fn reload(running: &Running, controller: &Controller, args: &ServeArgs) {
-    let loaded = match abgate_config::load(&args.files) {
+/// Reloads on the blocking pool: reading, checking and compiling a large configuration
+/// takes milliseconds that a one-thread runtime would otherwise take from the requests.
+async fn reload_aside(control: &Arc<Control>, controller: &Arc<Controller>, args: &ServeArgs) {
+    let control = Arc::clone(control);
+    let controller = Arc::clone(controller);
+    let files = args.files.clone();
+    let strict = args.strict;
+    let done = tokio::task::spawn_blocking(move || reload(&control, &controller, &files, strict));
+    if let Err(e) = done.await {
+        tracing::error!("reload failed: {e}");
+    }
+}
+
+fn reload(running: &Control, controller: &Controller, files: &[PathBuf], strict: bool) {
+    let loaded = match abgate_config::load(files) {
         Ok(l) => l,
         Err(e) => {
             running.telemetry().gateway().record_config_reload(false);
@@ -297,7 +324,7 @@ fn reload(running: &Running, controller: &Controller, args: &ServeArgs) {
         }
     };
     log_diagnostics(&loaded);
-    if loaded.has_rejected() || !acceptable(&loaded, args.strict) {
+    if loaded.has_rejected() || !acceptable(&loaded, strict) {
         running.telemetry().gateway().record_config_reload(false);
         tracing::error!(
             "reload refused: the configuration has errors; the running configuration stays"
