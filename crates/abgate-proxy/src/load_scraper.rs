@@ -45,17 +45,21 @@ struct Task {
 
 /// The running scraping tasks.
 pub(crate) struct LoadScrapers {
+    /// The gateway's runtime: tables may be rebuilt from threads outside it.
+    runtime: tokio::runtime::Handle,
     client: HttpClient,
     tasks: Mutex<HashMap<Target, Task>>,
     stopped: watch::Receiver<bool>,
 }
 
 impl LoadScrapers {
+    /// Must be called inside the gateway's runtime.
     pub(crate) fn new(stopped: watch::Receiver<bool>) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(MIN_READ_TIMEOUT));
         Self {
+            runtime: tokio::runtime::Handle::current(),
             client: Client::builder(TokioExecutor::new()).build(connector),
             tasks: Mutex::default(),
             stopped,
@@ -99,13 +103,15 @@ impl LoadScrapers {
             if tasks.contains_key(&target) {
                 continue;
             }
-            let handle = tokio::spawn(scrape(
-                self.client.clone(),
-                target.clone(),
-                endpoints.clone(),
-                self.stopped.clone(),
-            ))
-            .abort_handle();
+            let handle = self
+                .runtime
+                .spawn(scrape(
+                    self.client.clone(),
+                    target.clone(),
+                    endpoints.clone(),
+                    self.stopped.clone(),
+                ))
+                .abort_handle();
             tasks.insert(target, Task { endpoints, handle });
         }
     }
