@@ -3,8 +3,9 @@
 //! endpoint's [`LoadReport`](abgate_router::load::LoadReport).
 //!
 //! One task per (address, path, interval), kept across route-table rebuilds while the
-//! table still has an LLM-aware cluster there. A failed read clears the report at once,
-//! so the balancer falls back to least request instead of trusting old figures.
+//! table still has an LLM-aware cluster there. A failed read leaves the last report to
+//! age: once it is older than the balancer trusts (four intervals, at least a second),
+//! the balancer falls back to least request instead of trusting old figures.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -154,16 +155,15 @@ async fn scrape(
                     failing = false;
                 }
             }
+            // The last reading stays until it is too old to trust (a few intervals), so
+            // one slow read on a busy machine does not switch the balancer.
             outcome => {
-                for endpoint in &endpoints {
-                    endpoint.load.clear();
-                }
                 if !failing {
                     let error = match outcome {
                         Ok(Err(error)) => error,
                         _ => format!("no answer within {timeout:?}"),
                     };
-                    tracing::warn!(%url, %error, "cannot read the endpoint's load; balancing by least request until it answers");
+                    tracing::warn!(%url, %error, "cannot read the endpoint's load; its last reading ages out, then least request balances until it answers");
                     failing = true;
                 }
             }

@@ -401,9 +401,11 @@ mod tests {
         let mut rnd = counter();
         assert!((0..20).all(|_| lb.pick(&eps, None, &mut rnd, 1 + max_age) == 1));
         assert!((0..20).all(|_| lb.pick(&eps, None, &mut rnd, 2 + max_age) == 0));
+        // An endpoint never read: the same.
+        let unread = vec![Arc::clone(&eps[0]), endpoints(2).remove(1)];
         report(&eps[0], 10, 0.0, 5_000);
-        eps[1].load.clear();
-        assert!((0..20).all(|_| lb.pick(&eps, None, &mut rnd, 5_000) == 0));
+        let _busy_unread = [unread[1].start(), unread[1].start()];
+        assert!((0..20).all(|_| lb.pick(&unread, None, &mut rnd, 5_000) == 0));
     }
 
     #[test]

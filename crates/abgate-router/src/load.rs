@@ -103,8 +103,7 @@ pub struct LoadReport {
     kv_milli: AtomicU32,
     /// The gateway's own requests in flight to the endpoint when the reading was stored.
     in_flight: AtomicU32,
-    /// [`now_ms`](crate::cluster::now_ms) of the reading; 0 when there is none (never
-    /// read, or the last read failed).
+    /// [`now_ms`](crate::cluster::now_ms) of the reading; 0 when there is none yet.
     at: AtomicU64,
 }
 
@@ -117,11 +116,6 @@ impl LoadReport {
         self.kv_milli
             .store((load.kv_cache * 1000.0).round() as u32, Ordering::Relaxed);
         self.at.store(now, Ordering::Relaxed);
-    }
-
-    /// Forgets the reading: the endpoint's load is unknown until the next one.
-    pub fn clear(&self) {
-        self.at.store(0, Ordering::Relaxed);
     }
 
     /// The reading, when one was taken no more than `max_age` ms before `now`.
@@ -225,7 +219,7 @@ vllm:kv_cache_usage_perc{engine=\"1\",model_name=\"a\"} 0.875 1700000000000
     }
 
     #[test]
-    fn a_reading_is_fresh_until_max_age_and_gone_once_cleared() {
+    fn a_reading_is_fresh_until_max_age() {
         let report = LoadReport::default();
         assert_eq!(report.fresh(100, 50), None);
         report.set(
@@ -242,7 +236,5 @@ vllm:kv_cache_usage_perc{engine=\"1\",model_name=\"a\"} 0.875 1700000000000
             (2, 400, 50)
         );
         assert_eq!(report.fresh(151, 50), None);
-        report.clear();
-        assert_eq!(report.fresh(100, 50), None);
     }
 }
