@@ -20,6 +20,7 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{PathAndQuery, Scheme};
 use http::{request, Method, Request, Response, StatusCode, Uri};
+use http_body::Body as _;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio::time::Instant;
@@ -105,11 +106,8 @@ pub async fn handle(
         .headers()
         .get(header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
-    let request_bytes = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse().ok())
-        .unwrap_or(0);
+    // hyper has parsed and checked Content-Length: the body's exact size hint is it.
+    let request_bytes = req.body().size_hint().exact().unwrap_or(0);
     let completion_path = req.uri().path().ends_with("completions");
     let mut info = shared.observers.active().then(|| {
         Box::new(RequestInfo::new(
@@ -212,12 +210,7 @@ async fn proxy(
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let started = Instant::now();
     // A body declared larger than allowed is refused before anything else is read.
-    if req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
-        .is_some_and(|n| n > shared.max_request_body)
-    {
+    if req.body().size_hint().lower() > shared.max_request_body {
         return Err(ProxyError::BodyTooLarge {
             limit: shared.max_request_body,
         });
@@ -357,20 +350,12 @@ async fn proxy(
             }
             check_available(&cluster)?;
 
-            let model_rewrite = target
-                .headers
-                .request
-                .set
-                .iter()
-                .find(|(name, _)| name == MODEL_HEADER)
-                .map(|(_, model)| model.clone());
+            let model_rewrite = target.model_rewrite.as_deref();
             let needs_buffer =
                 route.retries.attempts > 0 || !route.mirrors.is_empty() || model_rewrite.is_some();
             let request_body = match (buffered, body.take()) {
                 (Some(bytes), _) => Some(bytes),
-                (None, Some(incoming))
-                    if needs_buffer && fits(&parts.headers, &incoming, shared.buffer_limit) =>
-                {
+                (None, Some(incoming)) if needs_buffer && fits(&incoming, shared.buffer_limit) => {
                     Some(read_bounded(incoming, shared.buffer_limit.min(body_limit(shared))).await?)
                 }
                 (None, Some(incoming)) => {
@@ -380,7 +365,7 @@ async fn proxy(
                 (None, None) => None,
             };
 
-            let request_body = match (request_body, &model_rewrite) {
+            let request_body = match (request_body, model_rewrite) {
                 (Some(bytes), Some(model)) => {
                     parts.headers.remove(header::CONTENT_LENGTH);
                     Some(with_model(bytes, model))
@@ -395,16 +380,12 @@ async fn proxy(
                 (None, Some(a)) => HeaderValue::from_str(a.as_str()).ok(),
                 (None, None) => parts.headers.get(header::HOST).cloned(),
             };
-            let upstream_authority = rewritten_authority.unwrap_or_else(|| authority.clone());
             let mut headers = std::mem::take(&mut parts.headers);
             strip_hop_by_hop(&mut headers);
             apply_request_ops(&mut headers, &route.headers.request);
             apply_request_ops(&mut headers, &target.headers.request);
             headers.insert(&X_REQUEST_ID, request_id.clone());
-            headers.insert(
-                &X_FORWARDED_PROTO,
-                HeaderValue::from_static(if conn.tls { "https" } else { "http" }),
-            );
+            headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(scheme));
             append_forwarded_for(&mut headers, conn.remote);
             if let Some(host) = host {
                 headers.insert(header::HOST, host);
@@ -412,7 +393,6 @@ async fn proxy(
             let template = UpstreamRequest {
                 method: parts.method.clone(),
                 path,
-                authority: upstream_authority,
                 headers,
             };
 
@@ -480,16 +460,8 @@ fn body_limit(shared: &Shared) -> usize {
 }
 
 /// Whether a body is small enough to buffer: its declared length, or an empty body.
-fn fits(headers: &HeaderMap, body: &Incoming, limit: usize) -> bool {
-    use http_body::Body as _;
-    if body.is_end_stream() {
-        return true;
-    }
-    headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok())
-        .is_some_and(|n| n <= limit)
+fn fits(body: &Incoming, limit: usize) -> bool {
+    body.is_end_stream() || body.size_hint().upper().is_some_and(|n| n <= limit as u64)
 }
 
 /// The whole body, refused past `limit` bytes. A body that comes in one frame (the
@@ -725,21 +697,18 @@ struct UpstreamRequest {
     method: Method,
     /// Path and query (`None`: a rewrite made it invalid, and the request fails).
     path: Option<PathAndQuery>,
-    /// The Host, as written in `headers` too.
-    authority: String,
     /// Every header sent, `Host` included.
     headers: HeaderMap,
 }
 
 impl UpstreamRequest {
     /// The request to `endpoint`, with the template's headers (the caller passes them:
-    /// a copy, or the template's own for the last attempt) and `host_override` as Host.
+    /// a copy, or the template's own for the last attempt).
     fn build(
         &self,
         endpoint: &Endpoint,
         headers: HeaderMap,
         body: UpstreamBody,
-        host_override: Option<&str>,
     ) -> Request<UpstreamBody> {
         let uri = match (&endpoint.uri_authority, &self.path) {
             (Some(authority), Some(path)) => {
@@ -755,9 +724,6 @@ impl UpstreamRequest {
         *req.method_mut() = self.method.clone();
         *req.uri_mut() = uri;
         *req.headers_mut() = headers;
-        if let Some(Ok(v)) = host_override.map(HeaderValue::from_str) {
-            req.headers_mut().insert(header::HOST, v);
-        }
         req
     }
 }
@@ -862,7 +828,7 @@ async fn forward(
         } else {
             template.headers.clone()
         };
-        let mut request = template.build(endpoint, headers, upstream_body, None);
+        let mut request = template.build(endpoint, headers, upstream_body);
         if let Some(info) = info.as_mut() {
             info.upstream_host = Some(endpoint.authority.clone());
             if let Some(trace) = info.trace.as_mut() {
@@ -1129,14 +1095,17 @@ fn mirror_request(
     let index = cluster.pick(None, &mut draw, now_ms());
     let endpoint = Arc::clone(&cluster.endpoints[index]);
     let series = mirror.series.get(index).cloned();
-    let shadow = shadow_host(&template.authority);
     let request_bytes = body.len() as u64;
-    let request = template.build(
-        &endpoint,
-        template.headers.clone(),
-        UpstreamBody::full(body),
-        Some(&shadow),
-    );
+    let mut headers = template.headers.clone();
+    let shadow = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(shadow_host)
+        .and_then(|s| HeaderValue::from_str(&s).ok());
+    if let Some(shadow) = shadow {
+        headers.insert(header::HOST, shadow);
+    }
+    let request = template.build(&endpoint, headers, UpstreamBody::full(body));
     let pool = cluster.policy.connection_pool.as_ref();
     let client = shared.clients.get(pool, pool.is_some_and(|p| p.h2_upgrade));
     let limit = timeout.unwrap_or(Duration::from_secs(30));

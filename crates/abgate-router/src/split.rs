@@ -20,6 +20,10 @@ pub struct Target {
     pub weight: u32,
     /// Destination-level header changes.
     pub headers: HeaderRules,
+    /// The `model` this destination serves the request under, when its header changes
+    /// set [`MODEL_HEADER`](crate::table::MODEL_HEADER): the forwarded body's `model` is
+    /// replaced with it.
+    pub model_rewrite: Option<String>,
     /// The experiment variant this target is, when an experiment routes.
     pub variant: Option<Arc<str>>,
     /// Telemetry series per endpoint, indexed like `cluster.endpoints`.
@@ -116,6 +120,7 @@ mod tests {
             )),
             weight,
             headers: HeaderRules::default(),
+            model_rewrite: None,
             variant: None,
             series: Vec::new(),
             unplaced: Telemetry::new().destination(DestinationLabels::new("h", "t")),

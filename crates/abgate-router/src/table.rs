@@ -657,9 +657,16 @@ impl Builder<'_> {
             .map(|e| self.telemetry.destination(labels(Some(e))))
             .collect();
         let unplaced = self.telemetry.destination(labels(None));
+        let model_rewrite = headers
+            .request
+            .set
+            .iter()
+            .find(|(name, _)| name == MODEL_HEADER)
+            .map(|(_, model)| model.clone());
         Target {
             weight,
             headers,
+            model_rewrite,
             variant: experiment.map(|(_, v)| v.into()),
             series,
             unplaced,
