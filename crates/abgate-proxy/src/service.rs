@@ -5,12 +5,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use abgate_config::model::{
-    FaultAbort, HashKey, KeySource, RedirectPort, RetryOn, RetryPolicy, StringMatcher, UriRedirect,
-    UriRewrite,
+    FaultAbort, RedirectPort, RetryOn, RetryPolicy, StringMatcher, UriRedirect, UriRewrite,
 };
+use abgate_router::request::{hash_of, key_value};
 use abgate_router::{
-    hash64, host_of, now_ms, Action, Admission, Cluster, Endpoint, Outcome, RequestView, Route,
-    RouteTable, Target, Unavailable, MODEL_HEADER,
+    host_of, now_ms, Action, Admission, Cluster, Endpoint, Outcome, RequestView, Route, RouteTable,
+    Target, Unavailable, MODEL_HEADER,
 };
 use abgate_telemetry::{
     DestinationLabels, DestinationSeries, RequestProtocol, ResponseFlags, Telemetry,
@@ -405,7 +405,7 @@ async fn proxy(
             let hash = cluster
                 .balancer
                 .hash_key()
-                .and_then(|k| hash_of(k, &template.headers, parts.uri.query(), conn.remote));
+                .and_then(|k| hash_of(k, &template.headers, parts.uri.query(), conn.remote.ip()));
             let deadline = route.timeout.map(|t| started + t);
             let body = match request_body {
                 Some(bytes) => Sent::Buffered(bytes),
@@ -523,45 +523,6 @@ fn with_model(body: Bytes, model: &str) -> Bytes {
         serde_json::Value::String(model.to_owned()),
     );
     serde_json::to_vec(&object).map_or(body, Bytes::from)
-}
-
-/// The stickiness key's value: a header, or a cookie.
-fn key_value(source: &KeySource, headers: &HeaderMap) -> Option<String> {
-    match source {
-        KeySource::Header(name) => headers.get(name.as_str())?.to_str().ok().map(str::to_owned),
-        KeySource::Cookie(name) => cookie(headers, name),
-    }
-}
-
-fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .find_map(|line| {
-            line.split(';').find_map(|pair| {
-                let (k, v) = pair.trim().split_once('=')?;
-                (k == name).then(|| v.to_owned())
-            })
-        })
-}
-
-fn hash_of(
-    key: &HashKey,
-    headers: &HeaderMap,
-    query: Option<&str>,
-    remote: SocketAddr,
-) -> Option<u64> {
-    let value = match key {
-        HashKey::Header(name) => headers.get(name.as_str())?.to_str().ok()?.to_owned(),
-        HashKey::Cookie { name, .. } => cookie(headers, name)?,
-        HashKey::SourceIp => remote.ip().to_string(),
-        HashKey::QueryParameter(name) => query?.split('&').find_map(|p| {
-            let (k, v) = p.split_once('=').unwrap_or((p, ""));
-            (k == name).then(|| v.to_owned())
-        })?,
-    };
-    Some(hash64(value.as_bytes()))
 }
 
 fn append_forwarded_for(headers: &mut HeaderMap, remote: SocketAddr) {
@@ -1228,17 +1189,6 @@ mod tests {
             with_model(Bytes::from_static(b"[1]"), "b"),
             Bytes::from_static(b"[1]")
         );
-    }
-
-    #[test]
-    fn cookies_are_found_by_name() {
-        let mut headers = HeaderMap::new();
-        headers.insert(
-            header::COOKIE,
-            HeaderValue::from_static("a=1; uid=u-42; b=2"),
-        );
-        assert_eq!(cookie(&headers, "uid").as_deref(), Some("u-42"));
-        assert_eq!(cookie(&headers, "c"), None);
     }
 
     #[test]

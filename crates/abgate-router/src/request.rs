@@ -1,7 +1,11 @@
 //! The parts of a request that routing looks at, and Istio's match semantics over them.
 
-use abgate_config::model::{MatchBlock, StringMatcher};
+use std::net::IpAddr;
+
+use abgate_config::model::{HashKey, KeySource, MatchBlock, StringMatcher};
 use http::HeaderMap;
+
+use crate::balancer::hash64;
 
 /// A borrowed view of a request: everything a VirtualService match can test.
 #[derive(Debug, Clone, Copy)]
@@ -124,10 +128,64 @@ pub fn rule_matches(blocks: &[MatchBlock], req: &RequestView<'_>) -> bool {
     blocks.is_empty() || blocks.iter().any(|b| block_matches(b, req))
 }
 
+/// The value of a stickiness key in a request: a header, or a cookie.
+pub fn key_value(source: &KeySource, headers: &HeaderMap) -> Option<String> {
+    match source {
+        KeySource::Header(name) => headers.get(name.as_str())?.to_str().ok().map(str::to_owned),
+        KeySource::Cookie(name) => cookie(headers, name),
+    }
+}
+
+/// The value of cookie `name`, from any `Cookie` header.
+pub fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|line| {
+            line.split(';').find_map(|pair| {
+                let (k, v) = pair.trim().split_once('=')?;
+                (k == name).then(|| v.to_owned())
+            })
+        })
+}
+
+/// The consistent-hash value of a request for a DestinationRule's hash key, from the
+/// client's address `remote` when it hashes on the source IP; `None` when the request
+/// lacks the key.
+pub fn hash_of(
+    key: &HashKey,
+    headers: &HeaderMap,
+    query: Option<&str>,
+    remote: IpAddr,
+) -> Option<u64> {
+    let value = match key {
+        HashKey::Header(name) => headers.get(name.as_str())?.to_str().ok()?.to_owned(),
+        HashKey::Cookie { name, .. } => cookie(headers, name)?,
+        HashKey::SourceIp => remote.to_string(),
+        HashKey::QueryParameter(name) => query?.split('&').find_map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (k == name).then(|| v.to_owned())
+        })?,
+    };
+    Some(hash64(value.as_bytes()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use http::HeaderValue;
+
+    #[test]
+    fn cookies_are_found_by_name() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            http::header::COOKIE,
+            HeaderValue::from_static("a=1; uid=u-42; b=2"),
+        );
+        assert_eq!(cookie(&headers, "uid").as_deref(), Some("u-42"));
+        assert_eq!(cookie(&headers, "c"), None);
+    }
 
     fn view<'a>(headers: &'a HeaderMap, path: &'a str, query: Option<&'a str>) -> RequestView<'a> {
         RequestView {

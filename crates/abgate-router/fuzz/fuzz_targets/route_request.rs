@@ -11,9 +11,8 @@
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
 
-use abgate_config::model::{HashKey, KeySource};
 use abgate_config::SourceFile;
-use abgate_router::request::{block_matches, rule_matches};
+use abgate_router::request::{block_matches, hash_of, key_value, rule_matches};
 use abgate_router::{hash64, host_of, Action, BuildOptions, RequestView, RouteTable, MODEL_HEADER};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use libfuzzer_sys::fuzz_target;
@@ -72,42 +71,6 @@ impl Rng {
         z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
         z ^ (z >> 31)
     }
-}
-
-/// As the proxy's `cookie`.
-fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .find_map(|line| {
-            line.split(';').find_map(|pair| {
-                let (k, v) = pair.trim().split_once('=')?;
-                (k == name).then(|| v.to_owned())
-            })
-        })
-}
-
-/// As the proxy's `key_value`.
-fn key_value(source: &KeySource, headers: &HeaderMap) -> Option<String> {
-    match source {
-        KeySource::Header(name) => headers.get(name.as_str())?.to_str().ok().map(str::to_owned),
-        KeySource::Cookie(name) => cookie(headers, name),
-    }
-}
-
-/// As the proxy's `hash_of`.
-fn hash_of(key: &HashKey, headers: &HeaderMap, query: Option<&str>) -> Option<u64> {
-    let value = match key {
-        HashKey::Header(name) => headers.get(name.as_str())?.to_str().ok()?.to_owned(),
-        HashKey::Cookie { name, .. } => cookie(headers, name)?,
-        HashKey::SourceIp => "192.0.2.7".to_owned(),
-        HashKey::QueryParameter(name) => query?.split('&').find_map(|p| {
-            let (k, v) = p.split_once('=').unwrap_or((p, ""));
-            (k == name).then(|| v.to_owned())
-        })?,
-    };
-    Some(hash64(value.as_bytes()))
 }
 
 fn route(data: &[u8]) {
@@ -220,7 +183,7 @@ fn route(data: &[u8]) {
     let hash = cluster
         .balancer
         .hash_key()
-        .and_then(|k| hash_of(k, &headers, uri.query()));
+        .and_then(|k| hash_of(k, &headers, uri.query(), std::net::Ipv4Addr::new(192, 0, 2, 7).into()));
     let index = cluster.balancer.pick(endpoints, hash, &mut draw, abgate_router::now_ms());
     assert!(index < endpoints.len(), "balancer picked {index} of {}", endpoints.len());
     if hash.is_some() {
