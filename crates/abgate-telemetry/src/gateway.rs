@@ -11,6 +11,7 @@ pub struct GatewayStats {
     pool_overflows: AtomicU64,
     requests_in_flight: AtomicI64,
     connections_open: AtomicI64,
+    connections_refused: AtomicU64,
 }
 
 impl GatewayStats {
@@ -51,6 +52,11 @@ impl GatewayStats {
     /// A downstream connection closed: lowers `abgate_connections_open`.
     pub fn connection_closed(&self) {
         self.connections_open.fetch_sub(1, Relaxed);
+    }
+
+    /// Counts a connection refused at accept because `--max-connections` were open.
+    pub fn record_connection_refused(&self) {
+        self.connections_refused.fetch_add(1, Relaxed);
     }
 
     /// Counts a request in flight until the guard drops (also when the request's future
@@ -100,6 +106,11 @@ impl GatewayStats {
     /// Downstream connections now open.
     pub fn connections_open(&self) -> i64 {
         self.connections_open.load(Relaxed)
+    }
+
+    /// Connections refused at accept.
+    pub fn connections_refused(&self) -> u64 {
+        self.connections_refused.load(Relaxed)
     }
 }
 

@@ -29,7 +29,8 @@
 //!   `model_name`, `version`, `destination_service_name`, `destination_subset` (and the
 //!   experiment's). Shown for destinations that have seen an LLM response.
 //! - `abgate_config_reloads_total{result}`, `abgate_endpoint_ejections_total`,
-//!   `abgate_pool_overflows_total`, `abgate_requests_in_flight`, `abgate_connections_open`.
+//!   `abgate_pool_overflows_total`, `abgate_requests_in_flight`, `abgate_connections_open`,
+//!   `abgate_connections_refused_total`.
 //!
 //! A series counts up to 64 distinct (status, flags, protocol) combinations; any more are
 //! counted together and rendered with `response_code="other",response_flags="other"`.

@@ -27,9 +27,20 @@ pub struct RequestRecord {
 
 impl RequestRecord {
     /// Whether this request counts as an error for analysis: a 5xx status, or any response
-    /// flag other than `DI` (a delay is not a failure).
+    /// flag but `DI` (a delay is not a failure) and `DC` (the client leaving is not the
+    /// destination's failure; an upstream failure it came with still counts).
     pub fn is_error(&self) -> bool {
-        self.code >= 500 || !self.flags.difference(ResponseFlags::DI).is_empty()
+        self.code >= 500
+            || !self
+                .flags
+                .difference(ResponseFlags::DI | ResponseFlags::DC)
+                .is_empty()
+    }
+
+    /// Whether the client cancelled a request that had not failed: no evidence about the
+    /// destination either way (its duration is the client's patience, not the service's).
+    pub fn is_client_cancel(&self) -> bool {
+        self.flags.contains(ResponseFlags::DC) && !self.is_error()
     }
 }
 
@@ -86,13 +97,17 @@ mod tests {
     }
 
     #[test]
-    fn errors_are_5xx_or_flags_other_than_di() {
+    fn errors_are_5xx_or_flags_other_than_di_and_dc() {
         assert!(!req(200, ResponseFlags::NONE).is_error());
         assert!(!req(200, ResponseFlags::DI).is_error());
         assert!(!req(404, ResponseFlags::NONE).is_error());
         assert!(req(503, ResponseFlags::NONE).is_error());
         assert!(req(200, ResponseFlags::URX).is_error());
-        assert!(req(0, ResponseFlags::DC | ResponseFlags::DI).is_error());
+        // The client leaving is its own doing; an upstream failure with it still counts.
+        assert!(!req(0, ResponseFlags::DC | ResponseFlags::DI).is_error());
+        assert!(req(0, ResponseFlags::DC).is_client_cancel());
+        assert!(req(200, ResponseFlags::DC | ResponseFlags::UC).is_error());
+        assert!(!req(502, ResponseFlags::DC).is_client_cancel());
     }
 
     #[test]

@@ -337,6 +337,17 @@ fn render_gateway(out: &mut String, g: &GatewayStats) {
         "Downstream connections open.",
     );
     let _ = writeln!(out, "abgate_connections_open {}", g.connections_open());
+    header(
+        out,
+        "abgate_connections_refused_total",
+        "counter",
+        "Downstream connections refused at accept because --max-connections were open.",
+    );
+    let _ = writeln!(
+        out,
+        "abgate_connections_refused_total {}",
+        g.connections_refused()
+    );
 }
 
 #[cfg(test)]

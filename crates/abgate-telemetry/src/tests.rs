@@ -131,6 +131,7 @@ fn gateway_families_render_counters_and_gauges() {
     g.request_started();
     g.connection_opened();
     g.connection_opened();
+    g.record_connection_refused();
     let want = "\
 # HELP abgate_config_reloads_total Configuration reloads, by whether they took effect.
 # TYPE abgate_config_reloads_total counter
@@ -148,6 +149,9 @@ abgate_requests_in_flight 1
 # HELP abgate_connections_open Downstream connections open.
 # TYPE abgate_connections_open gauge
 abgate_connections_open 2
+# HELP abgate_connections_refused_total Downstream connections refused at accept because --max-connections were open.
+# TYPE abgate_connections_refused_total counter
+abgate_connections_refused_total 1
 ";
     assert_eq!(family_lines(&telemetry.render(), "abgate_"), want);
 }
@@ -247,7 +251,7 @@ fn every_family_has_one_help_and_type_and_samples_parse() {
             "{name} before its TYPE"
         );
     }
-    assert_eq!(families.len(), 4 + 7 + 5);
+    assert_eq!(families.len(), 4 + 7 + 6);
 }
 
 #[test]

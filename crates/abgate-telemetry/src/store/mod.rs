@@ -177,9 +177,13 @@ impl VariantCell {
         &self.variant
     }
 
-    /// Counts one finished request: count, errors and latency. The destination series
-    /// of a variant calls this; call it directly only for a request no series records.
+    /// Counts one finished request: count, errors and latency; a client's cancel is not
+    /// counted. The destination series of a variant calls this; call it directly only
+    /// for a request no series records.
     pub fn record_request(&self, r: &RequestRecord) {
+        if r.is_client_cancel() {
+            return;
+        }
         let Some(acc) = self.slot_for(self.clock.window_of(r.at)) else {
             return;
         };

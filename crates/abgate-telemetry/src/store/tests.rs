@@ -168,6 +168,23 @@ fn errors_count_5xx_and_flags_other_than_di() {
 }
 
 #[test]
+fn a_client_cancel_is_no_evidence_but_an_upstream_failure_with_it_is() {
+    let (s, t0) = store(8);
+    let cell = s.cell("exp", "a");
+    let t = at(t0, 1.0);
+    // Left before the response began, and in the middle of a stream: not counted.
+    cell.record_request(&req(t, 10, 0, ResponseFlags::DC));
+    cell.record_request(&req(t, 10, 200, ResponseFlags::DC));
+    let stats = cell.snapshot(0, 1);
+    assert_eq!((stats.count, stats.errors), (0, 0));
+    // A reset by the upstream, or a 5xx, that the client then left: still an error.
+    cell.record_request(&req(t, 10, 200, ResponseFlags::DC | ResponseFlags::UC));
+    cell.record_request(&req(t, 10, 503, ResponseFlags::DC));
+    let stats = cell.snapshot(0, 1);
+    assert_eq!((stats.count, stats.errors), (2, 2));
+}
+
+#[test]
 fn llm_figures_feed_ttft_tpot_and_tokens() {
     let (s, t0) = store(8);
     let cell = s.cell("exp", "a");
