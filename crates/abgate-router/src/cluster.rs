@@ -14,7 +14,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
@@ -61,6 +61,8 @@ pub struct Endpoint {
     pub load: LoadReport,
     active: AtomicU32,
     health: Health,
+    /// It is one of the gateway's own listeners: a request sent there would come back.
+    loops_back: AtomicBool,
 }
 
 /// Outlier-detection state of an endpoint, as Envoy's `DetectorHostMonitorImpl` keeps it.
@@ -110,7 +112,18 @@ impl Endpoint {
             load: LoadReport::default(),
             active: AtomicU32::new(0),
             health: Health::default(),
+            loops_back: AtomicBool::new(false),
         }
+    }
+
+    /// Whether this endpoint is one of the gateway's own listeners (set at each table
+    /// build, since an endpoint outlives the table that made it).
+    pub fn loops_back(&self) -> bool {
+        self.loops_back.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_loops_back(&self, loops: bool) {
+        self.loops_back.store(loops, Ordering::Relaxed);
     }
 
     /// Requests in flight to this endpoint.
@@ -229,6 +242,11 @@ pub struct Ejection {
     /// The multiplier of the base ejection time used.
     pub backoff: u32,
 }
+
+/// Envoy's default cap on retries in flight per cluster, which Istio lifts; abgate keeps it
+/// for retries no configuration asked for, so that a failing upstream cannot multiply
+/// the load on itself by the default retry policy.
+pub const DEFAULT_MAX_RETRIES: u32 = 3;
 
 /// A cluster's circuit-breaker limits (Envoy's `circuit_breakers.thresholds`), from the
 /// DestinationRule's `connectionPool` the way Istio translates it: an unset or zero
@@ -601,10 +619,14 @@ impl Cluster {
     }
 
     /// A retry may go ahead while fewer than `maxRetries` are outstanding across the
-    /// cluster; the token counts it until dropped (Envoy holds it from the retry's
-    /// scheduling until its outcome is known). `None`: no retry (Envoy flags `UO`).
-    pub fn try_retry(&self) -> Option<RetryToken> {
-        let max = self.limits.max_retries;
+    /// cluster, or `default_limit` when the cluster sets none; the token counts it until
+    /// dropped (Envoy holds it from the retry's scheduling until its outcome is known).
+    /// `None`: no retry (Envoy flags `UO`).
+    pub fn try_retry(&self, default_limit: u32) -> Option<RetryToken> {
+        let max = match self.limits.max_retries {
+            u32::MAX => default_limit,
+            set => set,
+        };
         let ok = self
             .state
             .retries
@@ -992,13 +1014,19 @@ mod tests {
 
     #[test]
     fn retries_are_bounded_across_the_cluster() {
+        // `maxRetries: 1` holds whatever the route's default.
         let c = cluster(1, None, Some(pool(0, 0, 0)));
-        let token = c.try_retry().expect("one retry");
-        assert!(c.try_retry().is_none());
+        let token = c.try_retry(u32::MAX).expect("one retry");
+        assert!(c.try_retry(u32::MAX).is_none());
         drop(token);
-        assert!(c.try_retry().is_some());
-        let unlimited = cluster(1, None, None);
-        let tokens: Vec<_> = (0..100).filter_map(|_| unlimited.try_retry()).collect();
-        assert_eq!(tokens.len(), 100);
+        assert!(c.try_retry(DEFAULT_MAX_RETRIES).is_some());
+        // Unset: the route's default, Envoy's 3 or unlimited.
+        let unset = cluster(1, None, None);
+        let tokens: Vec<_> = (0..100)
+            .filter_map(|_| unset.try_retry(DEFAULT_MAX_RETRIES))
+            .collect();
+        assert_eq!(tokens.len(), 3);
+        let tokens: Vec<_> = (0..100).filter_map(|_| unset.try_retry(u32::MAX)).collect();
+        assert_eq!(tokens.len(), 97);
     }
 }

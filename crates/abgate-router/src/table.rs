@@ -36,6 +36,9 @@ pub struct BuildOptions {
     pub plain_http_port: Option<u16>,
     /// Serve every HTTPS Gateway server on this port instead of the declared ones.
     pub tls_port: Option<u16>,
+    /// The gateway's own bound listener addresses: an endpoint at one of them would send
+    /// requests back into the gateway ([`Endpoint::loops_back`]).
+    pub own_addresses: Vec<std::net::SocketAddr>,
 }
 
 impl Default for BuildOptions {
@@ -44,6 +47,7 @@ impl Default for BuildOptions {
             telemetry: Telemetry::new(),
             plain_http_port: None,
             tls_port: None,
+            own_addresses: Vec::new(),
         }
     }
 }
@@ -81,6 +85,11 @@ pub struct Route {
     pub timeout: Option<Duration>,
     /// Retries.
     pub retries: RetryPolicy,
+    /// Whether this route's retries count against Envoy's default cap on retries in
+    /// flight ([`DEFAULT_MAX_RETRIES`](crate::cluster::DEFAULT_MAX_RETRIES)) when the
+    /// cluster's `connectionPool` sets no `maxRetries`: true for retries nobody asked for
+    /// (Istio's default, an experiment's), false for a VirtualService's own `retries`.
+    pub retries_capped: bool,
     /// Fault injection.
     pub fault: Option<Fault>,
     /// Mirror clusters and the percentage each gets.
@@ -266,6 +275,7 @@ impl RouteTable {
             previous: previous.map(|p| &p.endpoints),
             previous_states,
             services: HashMap::new(),
+            own_addresses: &options.own_addresses,
         };
         let mut notes = Vec::new();
 
@@ -461,6 +471,7 @@ struct Builder<'c> {
     previous: Option<&'c HashMap<String, Arc<Endpoint>>>,
     previous_states: HashMap<String, Arc<ClusterState>>,
     services: HashMap<String, Option<ServiceView>>,
+    own_addresses: &'c [std::net::SocketAddr],
 }
 
 impl Builder<'_> {
@@ -510,6 +521,7 @@ impl Builder<'_> {
                     rewrite: rule.rewrite.clone(),
                     timeout: rule.timeout,
                     retries: rule.retries.clone(),
+                    retries_capped: rule.retries == RetryPolicy::istio_default(),
                     fault: rule.fault.clone(),
                     mirrors: rule
                         .mirrors
@@ -610,6 +622,7 @@ impl Builder<'_> {
                 per_try_timeout: Some(Duration::from_secs(10)),
                 ..RetryPolicy::istio_default()
             },
+            retries_capped: true,
             fault: None,
             mirrors,
             cors: None,
@@ -746,9 +759,26 @@ impl Builder<'_> {
             .previous
             .and_then(|p| p.get(&id).cloned())
             .unwrap_or_else(|| Arc::new(Endpoint::new(authority, labels.clone())));
+        e.set_loops_back(points_at_own(&e.authority, self.own_addresses));
         self.endpoints.insert(id, Arc::clone(&e));
         e
     }
+}
+
+/// Whether `authority` (an IP literal and port) is one of the gateway's own listeners: the
+/// same port on the same address, or on any address when the listener is bound to all
+/// (loopback then surely reaches it). Host names are not resolved here; the hop count
+/// catches loops through them.
+fn points_at_own(authority: &str, own: &[std::net::SocketAddr]) -> bool {
+    let Ok(addr) = authority.parse::<std::net::SocketAddr>() else {
+        return false;
+    };
+    own.iter().any(|listener| {
+        listener.port() == addr.port()
+            && (listener.ip() == addr.ip()
+                || (listener.ip().is_unspecified()
+                    && (addr.ip().is_loopback() || addr.ip().is_unspecified())))
+    })
 }
 
 /// `address:port` of an endpoint for a destination port: the service port named by the
