@@ -13,8 +13,6 @@ use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -23,11 +21,14 @@ use abgate_router::{now_ms, Cluster, RouteTable};
 use abgate_telemetry::Telemetry;
 
 use crate::body::ProxyBody;
+use crate::client_body::{ClientBody, ClientFault};
+use crate::conn::counted;
 use crate::error::error_response;
 use crate::service::Shared;
+use crate::Listener;
 
 /// Largest request body the admin API accepts.
-const MAX_API_BODY: usize = 1 << 20;
+const MAX_API_BODY: u64 = 1 << 20;
 
 /// A request to the admin API, read whole (API bodies are small JSON documents).
 #[derive(Debug)]
@@ -66,13 +67,13 @@ fn respond(status: StatusCode, text: &'static str) -> Response<ProxyBody> {
     r
 }
 
-async fn route(
-    req: Request<Incoming>,
-    ready: Arc<AtomicBool>,
-    telemetry: Arc<Telemetry>,
-    api: ApiSlot,
-    shared: Arc<Shared>,
-) -> Response<ProxyBody> {
+async fn route(req: Request<Incoming>, context: &Context) -> Response<ProxyBody> {
+    let Context {
+        ready,
+        telemetry,
+        api,
+        shared,
+    } = context;
     match req.uri().path() {
         "/endpoints" => {
             let table = shared.table.load();
@@ -106,19 +107,10 @@ async fn route(
                 );
             };
             let (parts, body) = req.into_parts();
-            let body = match http_body_util::Limited::new(body, MAX_API_BODY)
-                .collect()
-                .await
-            {
+            let body = ClientBody::new(body, MAX_API_BODY, shared.body_read_timeout);
+            let body = match body.collect().await {
                 Ok(b) => b.to_bytes(),
-                Err(_) => {
-                    return error_response(
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        "DPE",
-                        "API request bodies are limited to 1 MiB",
-                        "request_too_large",
-                    )
-                }
+                Err(e) => return api_body_error(e.fault, shared),
             };
             handler
                 .call(ApiRequest {
@@ -134,45 +126,70 @@ async fn route(
     }
 }
 
-/// Serves the admin endpoints until `stopped` changes.
-pub async fn serve(
+/// What the admin endpoints read.
+pub(crate) struct Context {
+    pub(crate) ready: Arc<AtomicBool>,
+    pub(crate) telemetry: Arc<Telemetry>,
+    pub(crate) api: ApiSlot,
+    pub(crate) shared: Arc<Shared>,
+}
+
+/// Serves the admin endpoints until `stopped` changes, under the same limits on heads,
+/// bodies, idle time and connections as the data listeners (its own connection cap).
+pub(crate) async fn serve(
     socket: TcpListener,
-    ready: Arc<AtomicBool>,
-    telemetry: Arc<Telemetry>,
-    api: ApiSlot,
-    shared: Arc<Shared>,
-    mut stopped: watch::Receiver<bool>,
+    context: Context,
+    listener: Listener,
+    stopped: watch::Receiver<bool>,
 ) {
-    let builder = auto::Builder::new(TokioExecutor::new());
-    loop {
-        let stream = tokio::select! {
-            accepted = socket.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(_) => continue,
-            },
-            _ = stopped.changed() => return,
-        };
-        let ready = Arc::clone(&ready);
-        let telemetry = Arc::clone(&telemetry);
-        let api = Arc::clone(&api);
-        let shared = Arc::clone(&shared);
-        let connection = builder
-            .serve_connection(
-                TokioIo::new(stream),
+    let context = Arc::new(context);
+    let telemetry = Arc::clone(&context.telemetry);
+    listener
+        .run(
+            socket,
+            &telemetry,
+            |_, activity| {
+                let context = Arc::clone(&context);
                 service_fn(move |req| {
-                    let response = route(
-                        req,
-                        Arc::clone(&ready),
-                        Arc::clone(&telemetry),
-                        Arc::clone(&api),
-                        Arc::clone(&shared),
-                    );
-                    async move { Ok::<_, std::convert::Infallible>(response.await) }
-                }),
-            )
-            .into_owned();
-        tokio::spawn(connection);
-    }
+                    let context = Arc::clone(&context);
+                    let open = activity.request();
+                    Box::pin(async move {
+                        let response = route(req, &context).await;
+                        Ok::<_, std::convert::Infallible>(counted(response, open))
+                    })
+                })
+            },
+            stopped,
+        )
+        .await;
+}
+
+/// The answer to an API request whose body failed on the client's side.
+fn api_body_error(fault: ClientFault, shared: &Shared) -> Response<ProxyBody> {
+    let (status, flag, message, code) = match fault {
+        ClientFault::TooLarge => (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "DPE",
+            "API request bodies are limited to 1 MiB".to_owned(),
+            "request_too_large",
+        ),
+        ClientFault::Malformed => (
+            StatusCode::BAD_REQUEST,
+            "DPE",
+            "the request body is malformed or incomplete".to_owned(),
+            "bad_request",
+        ),
+        ClientFault::Stalled => (
+            StatusCode::REQUEST_TIMEOUT,
+            "SI",
+            format!(
+                "the request body stopped arriving: nothing received for {}",
+                humantime::format_duration(shared.body_read_timeout)
+            ),
+            "request_timeout",
+        ),
+    };
+    error_response(status, flag, &message, code)
 }
 
 /// `GET /endpoints`: every cluster the routes send to, its circuit breakers and each

@@ -3,8 +3,6 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -16,6 +14,7 @@ use tokio::time::{Instant, Sleep};
 use abgate_router::{InFlight, Slot};
 use abgate_telemetry::ResponseFlags;
 
+use crate::client_body::ClientBody;
 use crate::meter::Meter;
 
 /// The error type of proxied bodies.
@@ -197,8 +196,8 @@ impl Body for ProxyBody {
 
 pin_project! {
     /// A request body sent upstream: buffered (so it can be retried and mirrored) or the
-    /// client's stream passed through (too large to buffer, so sent once), cut with an
-    /// error once it grows past the request body limit.
+    /// client's stream passed through (too large to buffer, so sent once) under the
+    /// client's limits, which record a failure where the request path looks for it.
     #[project = UpstreamBodyProj]
     pub enum UpstreamBody {
         /// Buffered.
@@ -206,9 +205,7 @@ pin_project! {
         /// Streamed from the client.
         Stream {
             #[pin]
-            inner: Incoming,
-            left: u64,
-            too_large: Option<Arc<AtomicBool>>,
+            inner: ClientBody,
         },
     }
 }
@@ -221,21 +218,11 @@ impl UpstreamBody {
         }
     }
 
-    /// The client's body, streamed, and cut with an error (setting `too_large`) once more
-    /// than `limit` bytes came.
-    pub fn limited(inner: Incoming, limit: u64, too_large: Arc<AtomicBool>) -> Self {
-        UpstreamBody::Stream {
-            inner,
-            left: limit,
-            too_large: Some(too_large),
-        }
+    /// The client's body, streamed.
+    pub fn stream(inner: ClientBody) -> Self {
+        UpstreamBody::Stream { inner }
     }
 }
-
-/// The request body grew past the limit.
-#[derive(Debug, thiserror::Error)]
-#[error("request body exceeds the limit")]
-pub struct BodyLimitExceeded;
 
 impl Body for UpstreamBody {
     type Data = Bytes;
@@ -247,33 +234,16 @@ impl Body for UpstreamBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.project() {
             UpstreamBodyProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
-            UpstreamBodyProj::Stream {
-                inner,
-                left,
-                too_large,
-            } => match inner.poll_frame(cx) {
-                Poll::Ready(Some(Ok(frame))) => {
-                    let len = frame.data_ref().map_or(0, |d| d.len() as u64);
-                    if len > *left {
-                        if let Some(flag) = too_large {
-                            flag.store(true, Ordering::Release);
-                        }
-                        return Poll::Ready(Some(Err(Box::new(BodyLimitExceeded))));
-                    }
-                    *left -= len;
-                    Poll::Ready(Some(Ok(frame)))
-                }
-                Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
-                Poll::Ready(None) => Poll::Ready(None),
-                Poll::Pending => Poll::Pending,
-            },
+            UpstreamBodyProj::Stream { inner } => inner
+                .poll_frame(cx)
+                .map(|frame| frame.map(|f| f.map_err(|e| Box::new(e) as BoxError))),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
             UpstreamBody::Full { data } => data.is_none(),
-            UpstreamBody::Stream { inner, .. } => inner.is_end_stream(),
+            UpstreamBody::Stream { inner } => inner.is_end_stream(),
         }
     }
 
@@ -282,7 +252,7 @@ impl Body for UpstreamBody {
             UpstreamBody::Full { data } => {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
-            UpstreamBody::Stream { inner, .. } => inner.size_hint(),
+            UpstreamBody::Stream { inner } => inner.size_hint(),
         }
     }
 }

@@ -12,7 +12,10 @@ use crate::body::ProxyBody;
 pub const FLAGS_HEADER: &str = "x-abgate-response-flags";
 
 /// A failure on the request path. Each says where it came from: the client's request,
-/// the route, or the upstream.
+/// the route, or the upstream. Only the upstream's own failures are counted against it
+/// (outlier detection, its metrics, its experiment variant); see
+/// [`ProxyError::is_client_fault`]. The text sent to the client names no upstream address
+/// and no library error: those go to the log ([`ProxyError::detail`]).
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
     /// The request itself is malformed.
@@ -23,6 +26,19 @@ pub enum ProxyError {
     BodyTooLarge {
         /// The limit.
         limit: u64,
+    },
+    /// The request body stopped arriving (`SI`, 408).
+    #[error("the request body stopped arriving: nothing received for {}", humantime::format_duration(*.0))]
+    BodyTimeout(std::time::Duration),
+    /// A method no route takes explicitly (TRACE).
+    #[error("method {0} is not allowed")]
+    MethodNotAllowed(String),
+    /// The request would come back into the gateway: it has passed through abgate too
+    /// many times (`hops`), or its endpoint is one of abgate's own listeners.
+    #[error("{}", if *hops { "loop detected: the request has passed through the gateway too many times" } else { "loop detected: the destination is the gateway itself" })]
+    LoopDetected {
+        /// Refused on its hop count rather than its destination.
+        hops: bool,
     },
     /// No server, virtual host or rule takes the request (`NR`).
     #[error("no route for host {host} and path {path}")]
@@ -45,15 +61,15 @@ pub enum ProxyError {
         cluster: String,
     },
     /// Connecting to the upstream failed (`UF`).
-    #[error("upstream connect error to {endpoint}: {reason}")]
+    #[error("upstream connect error or disconnect before headers")]
     ConnectFailure {
         /// `address:port`.
         endpoint: String,
         /// Why.
         reason: String,
     },
-    /// The upstream reset or broke the exchange (`UC` / `UPE`).
-    #[error("upstream {endpoint} failed: {reason}")]
+    /// The upstream reset or broke the exchange (`UC`).
+    #[error("upstream connection terminated before the response")]
     UpstreamReset {
         /// `address:port`.
         endpoint: String,
@@ -61,7 +77,7 @@ pub enum ProxyError {
         reason: String,
     },
     /// The upstream answered something that is not HTTP (`UPE`).
-    #[error("upstream {endpoint} answered with a protocol error: {reason}")]
+    #[error("upstream answered with a protocol error")]
     UpstreamProtocol {
         /// `address:port`.
         endpoint: String,
@@ -90,6 +106,9 @@ impl ProxyError {
         match self {
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            ProxyError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::LoopDetected { .. } => StatusCode::LOOP_DETECTED,
             ProxyError::NoRoute { .. } => StatusCode::NOT_FOUND,
             ProxyError::UpstreamProtocol { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::NoCluster { .. }
@@ -107,7 +126,12 @@ impl ProxyError {
     /// Envoy's response flag for this failure.
     pub fn flag(&self) -> ResponseFlags {
         match self {
-            ProxyError::BadRequest(_) | ProxyError::BodyTooLarge { .. } => ResponseFlags::DPE,
+            ProxyError::BadRequest(_)
+            | ProxyError::BodyTooLarge { .. }
+            | ProxyError::LoopDetected { hops: true } => ResponseFlags::DPE,
+            ProxyError::BodyTimeout(_) => ResponseFlags::SI,
+            ProxyError::MethodNotAllowed(_) => ResponseFlags::NONE,
+            ProxyError::LoopDetected { hops: false } => ResponseFlags::NC,
             ProxyError::NoRoute { .. } => ResponseFlags::NR,
             ProxyError::NoCluster { .. } => ResponseFlags::NC,
             ProxyError::NoHealthyUpstream { .. } => ResponseFlags::UH,
@@ -117,6 +141,32 @@ impl ProxyError {
             ProxyError::UpstreamProtocol { .. } => ResponseFlags::UPE,
             ProxyError::Timeout(_) => ResponseFlags::UT,
             ProxyError::FaultAbort(_) => ResponseFlags::FI,
+        }
+    }
+
+    /// Whether the client, not the route or the upstream, is at fault: such a request is
+    /// counted under no destination, never against an endpoint or a variant.
+    pub fn is_client_fault(&self) -> bool {
+        matches!(
+            self,
+            ProxyError::BadRequest(_)
+                | ProxyError::BodyTooLarge { .. }
+                | ProxyError::BodyTimeout(_)
+                | ProxyError::MethodNotAllowed(_)
+                | ProxyError::LoopDetected { hops: true }
+        )
+    }
+
+    /// What the log gets beyond the client's message: the upstream's address and the
+    /// library's own account of the failure.
+    pub fn detail(&self) -> Option<String> {
+        match self {
+            ProxyError::ConnectFailure { endpoint, reason }
+            | ProxyError::UpstreamReset { endpoint, reason }
+            | ProxyError::UpstreamProtocol { endpoint, reason } => {
+                Some(format!("{endpoint}: {reason}"))
+            }
+            _ => None,
         }
     }
 
@@ -136,6 +186,9 @@ impl ProxyError {
         match self {
             ProxyError::BadRequest(_) => "bad_request",
             ProxyError::BodyTooLarge { .. } => "request_too_large",
+            ProxyError::BodyTimeout(_) => "request_timeout",
+            ProxyError::MethodNotAllowed(_) => "method_not_allowed",
+            ProxyError::LoopDetected { .. } => "loop_detected",
             ProxyError::NoRoute { .. } => "no_route",
             ProxyError::NoCluster { .. } => "no_cluster",
             ProxyError::NoHealthyUpstream { .. } => "no_healthy_upstream",

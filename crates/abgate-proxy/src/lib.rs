@@ -5,6 +5,8 @@
 
 mod admin;
 mod body;
+mod client_body;
+mod conn;
 mod cors;
 mod error;
 mod headers;
@@ -27,15 +29,15 @@ use abgate_config::Config;
 use abgate_router::{BuildOptions, RouteTable};
 use abgate_telemetry::Telemetry;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 pub use admin::{AdminApi, ApiFuture, ApiRequest};
 pub use body::ProxyBody;
+use conn::ConnectionCap;
 pub use error::{error_response, ProxyError, FLAGS_HEADER};
 use load_scraper::LoadScrapers;
 pub use observe::AccessLogTarget;
@@ -84,19 +86,61 @@ pub struct Limits {
     /// Streams a client may have open at once on one HTTP/2 connection
     /// (`SETTINGS_MAX_CONCURRENT_STREAMS`).
     pub max_concurrent_streams: u32,
+    /// Time allowed between two chunks of a request body, from the head on: a body that
+    /// stops arriving gets `408` (`SI`) and its upstream exchange is abandoned.
+    pub body_read_timeout: Duration,
+    /// A connection with no request in flight for this long is closed (HTTP/2 with a
+    /// GOAWAY). Pings do not count as requests.
+    pub idle_timeout: Duration,
+    /// Client connections open at once across the data listeners; more are closed at
+    /// accept and counted (`abgate_connections_refused_total`). The admin listener has
+    /// its own [`ADMIN_MAX_CONNECTIONS`], so it stays reachable.
+    pub max_connections: usize,
+}
+
+/// Connections the admin listener holds at once.
+pub const ADMIN_MAX_CONNECTIONS: usize = 256;
+
+/// File descriptors kept out of the connection cap's reach: listeners, the state file, the
+/// log, scrapers, webhooks and the admin listener's connections.
+const RESERVED_FDS: u64 = 256 + ADMIN_MAX_CONNECTIONS as u64;
+
+/// Raises the process's open-file soft limit to its hard limit; returns the limit in force.
+pub fn raise_open_file_limit() -> u64 {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => limit,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot raise the open-file limit");
+            rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(1024, |(soft, _)| soft)
+        }
+    }
+}
+
+/// The default `max_connections` for an open-file limit: each client connection may hold
+/// an upstream connection too, so half of what is left after a reserve.
+pub fn default_max_connections(open_file_limit: u64) -> usize {
+    usize::try_from(open_file_limit.saturating_sub(RESERVED_FDS) / 2)
+        .unwrap_or(usize::MAX)
+        .max(64)
 }
 
 impl Default for Limits {
     /// 60 KiB of headers and 100 of them (Envoy's `max_request_headers_kb` and
     /// `max_headers_count` defaults), 10 MiB of body, 30 s to send a head (hyper's
-    /// default), 256 streams per HTTP/2 connection.
+    /// default), 256 streams per HTTP/2 connection, 60 s between body chunks, 300 s idle,
+    /// and connections capped from the open-file limit as it stands
+    /// ([`default_max_connections`]).
     fn default() -> Self {
+        let open_files = rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(1024, |(soft, _)| soft);
         Self {
             max_header_bytes: 60 << 10,
             max_headers: 100,
             max_request_body: 10 << 20,
             header_read_timeout: Duration::from_secs(30),
             max_concurrent_streams: 256,
+            body_read_timeout: Duration::from_secs(60),
+            idle_timeout: Duration::from_secs(300),
+            max_connections: default_max_connections(open_files),
         }
     }
 }
@@ -414,6 +458,7 @@ pub async fn start_with(
             .map(|l| l.local_addr())
             .transpose()?
             .map(|a| a.port()),
+        own_addresses: Vec::new(),
     };
     let table = RouteTable::build(config, &build_options, None);
     for note in &table.notes {
@@ -466,32 +511,60 @@ pub async fn start_with(
         Observers::start(options.access_log.clone(), options.otlp_endpoint.as_deref()).await?;
     let mut shared = Shared::new(table, Arc::clone(&telemetry), observers);
     shared.max_request_body = limits.max_request_body;
+    shared.body_read_timeout = limits.body_read_timeout;
     let shared = Arc::new(shared);
     let ready = Arc::new(AtomicBool::new(false));
     let (stop, stopped) = watch::channel(false);
     let mut tasks = JoinSet::new();
     let mut bound = Vec::new();
+    let builder = Arc::new(limits.builder());
+    let cap = ConnectionCap::new(limits.max_connections);
+    let admin_socket = TcpListener::bind(options.admin).await?;
+    let admin_addr = admin_socket.local_addr()?;
+    let mut own_addresses = vec![admin_addr];
     for (port, socket, tls_config) in sockets {
-        bound.push((port, socket.local_addr()?, tls_config.is_some()));
+        let addr = socket.local_addr()?;
+        bound.push((port, addr, tls_config.is_some()));
+        own_addresses.push(addr);
+        let listener = Listener {
+            port,
+            tls: tls_config.map(tokio_rustls::TlsAcceptor::from),
+            builder: Arc::clone(&builder),
+            limits: limits.clone(),
+            cap: Arc::clone(&cap),
+            counted: true,
+        };
         tasks.spawn(accept_loop(
             socket,
-            port,
-            tls_config,
+            listener,
             Arc::clone(&shared),
-            Arc::new(limits.builder()),
-            limits.header_read_timeout,
             stopped.clone(),
         ));
     }
-    let admin_socket = TcpListener::bind(options.admin).await?;
-    let admin_addr = admin_socket.local_addr()?;
+    // Now that the addresses are known, endpoints that are the gateway itself are marked.
+    let build_options = BuildOptions {
+        own_addresses,
+        ..build_options
+    };
+    let table = RouteTable::build(config, &build_options, Some(&shared.table.load()));
+    shared.table.store(Arc::new(table));
     let api: admin::ApiSlot = Arc::default();
     tasks.spawn(admin::serve(
         admin_socket,
-        Arc::clone(&ready),
-        Arc::clone(&telemetry),
-        Arc::clone(&api),
-        Arc::clone(&shared),
+        admin::Context {
+            ready: Arc::clone(&ready),
+            telemetry: Arc::clone(&telemetry),
+            api: Arc::clone(&api),
+            shared: Arc::clone(&shared),
+        },
+        Listener {
+            port: admin_addr.port(),
+            tls: None,
+            builder: Arc::clone(&builder),
+            limits: limits.clone(),
+            cap: ConnectionCap::new(ADMIN_MAX_CONNECTIONS),
+            counted: false,
+        },
         stopped.clone(),
     ));
     tasks.spawn(housekeep(Arc::clone(&telemetry), stopped.clone()));
@@ -518,22 +591,6 @@ pub async fn start_with(
     })
 }
 
-/// Counts an open client connection until dropped.
-struct ConnectionOpen(Arc<Shared>);
-
-impl ConnectionOpen {
-    fn new(shared: &Arc<Shared>) -> Self {
-        shared.telemetry.gateway().connection_opened();
-        Self(Arc::clone(shared))
-    }
-}
-
-impl Drop for ConnectionOpen {
-    fn drop(&mut self) {
-        self.0.telemetry.gateway().connection_closed();
-    }
-}
-
 /// Clears the variant store's next windows before they start, so recording never waits.
 async fn housekeep(telemetry: Arc<Telemetry>, mut stopped: watch::Receiver<bool>) {
     let period = (telemetry.store().window_len() / 2).max(Duration::from_millis(100));
@@ -546,96 +603,178 @@ async fn housekeep(telemetry: Arc<Telemetry>, mut stopped: watch::Receiver<bool>
     }
 }
 
+/// One listening socket's settings: its route-table port, TLS, and the limits its
+/// connections live under.
+pub(crate) struct Listener {
+    pub(crate) port: u16,
+    pub(crate) tls: Option<tokio_rustls::TlsAcceptor>,
+    pub(crate) builder: Arc<auto::Builder<TokioExecutor>>,
+    pub(crate) limits: Limits,
+    pub(crate) cap: Arc<ConnectionCap>,
+    /// Whether its connections count in the gateway's client-connection figures (the
+    /// admin listener's do not).
+    pub(crate) counted: bool,
+}
+
+/// How long a client has to complete its TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl Listener {
+    /// Accepts on `socket` until `stopped`, then lets the connections finish. Each runs
+    /// `make_service` for its client under the listener's limits. Connections are owned
+    /// here, so that aborting this task (when the grace period is over) closes them too.
+    pub(crate) async fn run<F, S, B>(
+        &self,
+        socket: TcpListener,
+        telemetry: &Arc<Telemetry>,
+        make_service: F,
+        mut stopped: watch::Receiver<bool>,
+    ) where
+        F: Fn(SocketAddr, Arc<conn::Activity>) -> S,
+        S: hyper::service::Service<
+                http::Request<hyper::body::Incoming>,
+                Response = http::Response<B>,
+            > + Send
+            + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let mut connections = JoinSet::new();
+        loop {
+            let (stream, remote) = tokio::select! {
+                Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+                accepted = socket.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // Out of file descriptors, most likely: wait rather than spin.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                _ = stopped.changed() => break,
+            };
+            let Some(slot) = self.cap.try_take() else {
+                if self.counted {
+                    telemetry.gateway().record_connection_refused();
+                }
+                tracing::debug!(%remote, "connection refused: too many open");
+                drop(stream);
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            let activity = conn::Activity::new();
+            let service = make_service(remote, Arc::clone(&activity));
+            let builder = Arc::clone(&self.builder);
+            let tls = self.tls.clone();
+            let head_timeout = self.limits.header_read_timeout;
+            let idle = self.limits.idle_timeout;
+            let stopped = stopped.clone();
+            let telemetry = self.counted.then(|| Arc::clone(telemetry));
+            connections.spawn(async move {
+                let _slot = slot;
+                let _open = telemetry.as_ref().map(|t| t.gateway().track_connection());
+                match tls {
+                    None => {
+                        serve_watched(
+                            stream,
+                            &builder,
+                            service,
+                            &activity,
+                            head_timeout,
+                            idle,
+                            stopped,
+                        )
+                        .await
+                    }
+                    Some(acceptor) => {
+                        let handshake =
+                            tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream));
+                        match handshake.await {
+                            Ok(Ok(stream)) => {
+                                serve_watched(
+                                    stream,
+                                    &builder,
+                                    service,
+                                    &activity,
+                                    head_timeout,
+                                    idle,
+                                    stopped,
+                                )
+                                .await
+                            }
+                            Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+                            Err(_) => tracing::debug!("TLS handshake timed out"),
+                        }
+                    }
+                }
+            });
+        }
+        // Refuse new connections at once, then let those open drain (they were told to
+        // close gracefully).
+        drop(socket);
+        while connections.join_next().await.is_some() {}
+    }
+}
+
+/// Serves a client connection, watched for a slow or missing request head (408).
+async fn serve_watched<IO, S, B>(
+    stream: IO,
+    builder: &auto::Builder<TokioExecutor>,
+    service: S,
+    activity: &conn::Activity,
+    head_timeout: Duration,
+    idle: Duration,
+    stopped: watch::Receiver<bool>,
+) where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::Service<http::Request<hyper::body::Incoming>, Response = http::Response<B>>
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let (stream, returned) = Watched::new(stream, head_timeout);
+    if let Err(e) = conn::serve(builder, stream, service, activity, idle, stopped).await {
+        connection_error(&*e, returned, head_timeout).await;
+    }
+}
+
 async fn accept_loop(
     socket: TcpListener,
-    port: u16,
-    tls: Option<Arc<rustls::ServerConfig>>,
+    listener: Listener,
     shared: Arc<Shared>,
-    builder: Arc<auto::Builder<TokioExecutor>>,
-    head_timeout: Duration,
-    mut stopped: watch::Receiver<bool>,
+    stopped: watch::Receiver<bool>,
 ) {
-    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
-    let graceful = GracefulShutdown::new();
-    // Connections are owned here, so that aborting this task (when the grace period is
-    // over) closes them too.
-    let mut connections = JoinSet::new();
-    loop {
-        let (stream, remote) = tokio::select! {
-            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
-            accepted = socket.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
+    let tls = listener.tls.is_some();
+    let port = listener.port;
+    let telemetry = Arc::clone(&shared.telemetry);
+    listener
+        .run(
+            socket,
+            &telemetry,
+            move |remote, activity| {
+                let conn = ConnInfo { port, tls, remote };
+                let shared = Arc::clone(&shared);
+                // Boxed: hyper keeps room for the service's future in every HTTP/1.1
+                // connection, idle or not (`Box::pin(None)` sized for it), so an unboxed
+                // future of a few KiB would cost that much per kept-alive connection.
+                service_fn(move |req| {
+                    let shared = Arc::clone(&shared);
+                    let open = activity.request();
+                    Box::pin(async move {
+                        let response = service::handle(shared, conn, req).await;
+                        Ok::<_, std::convert::Infallible>(conn::counted(response, open))
+                    })
+                })
             },
-            _ = stopped.changed() => break,
-        };
-        let _ = stream.set_nodelay(true);
-        let shared_for_stats = Arc::clone(&shared);
-        let conn = ConnInfo {
-            port,
-            tls: acceptor.is_some(),
-            remote,
-        };
-        let shared = Arc::clone(&shared);
-        // Boxed: hyper keeps room for the service's future in every HTTP/1.1 connection,
-        // idle or not (`Box::pin(None)` sized for it), so an unboxed future of a few KiB
-        // would cost that much per kept-alive connection.
-        let service = service_fn(move |req| {
-            let shared = Arc::clone(&shared);
-            Box::pin(async move {
-                Ok::<_, std::convert::Infallible>(service::handle(shared, conn, req).await)
-            })
-        });
-        match &acceptor {
-            None => {
-                let (stream, returned) = Watched::new(stream, head_timeout);
-                let connection = builder
-                    .serve_connection(TokioIo::new(stream), service)
-                    .into_owned();
-                let watched = graceful.watch(connection);
-                let open = ConnectionOpen::new(&shared_for_stats);
-                connections.spawn(async move {
-                    if let Err(e) = watched.await {
-                        connection_error(&*e, returned, head_timeout).await;
-                    }
-                    drop(open);
-                });
-            }
-            Some(acceptor) => {
-                let acceptor = acceptor.clone();
-                let builder = Arc::clone(&builder);
-                let watcher = graceful.watcher();
-                let open = ConnectionOpen::new(&shared_for_stats);
-                connections.spawn(async move {
-                    let _open = open;
-                    let stream = match tokio::time::timeout(
-                        Duration::from_secs(10),
-                        acceptor.accept(stream),
-                    )
-                    .await
-                    {
-                        Ok(Ok(s)) => s,
-                        Ok(Err(e)) => return tracing::debug!(error = %e, "TLS handshake failed"),
-                        Err(_) => return tracing::debug!("TLS handshake timed out"),
-                    };
-                    let (stream, returned) = Watched::new(stream, head_timeout);
-                    let connection = builder
-                        .serve_connection(TokioIo::new(stream), service)
-                        .into_owned();
-                    if let Err(e) = watcher.watch(connection).await {
-                        connection_error(&*e, returned, head_timeout).await;
-                    }
-                });
-            }
-        }
-    }
-    // Refuse new connections at once, then drain.
-    drop(socket);
-    graceful.shutdown().await;
+            stopped,
+        )
+        .await;
 }
 
 /// A client connection ended with `error`: a slow client mid-request gets its 408.

@@ -5,8 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use abgate_config::model::{
-    FaultAbort, RedirectPort, RetryOn, RetryPolicy, StringMatcher, UriRedirect, UriRewrite,
+    FaultAbort, RedirectPort, RetryOn, StringMatcher, UriRedirect, UriRewrite,
 };
+use abgate_router::cluster::DEFAULT_MAX_RETRIES;
 use abgate_router::request::{hash_of, key_value};
 use abgate_router::{
     host_of, now_ms, Action, Admission, Cluster, Endpoint, Outcome, RequestView, Route, RouteTable,
@@ -26,6 +27,7 @@ use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use crate::body::{ProxyBody, UpstreamBody};
+use crate::client_body::{error_chain, ClientBody, ClientFault, FaultCell};
 use crate::cors;
 use crate::error::{ProxyError, FLAGS_HEADER};
 use crate::headers::{apply_request_ops, apply_response_ops, strip_hop_by_hop};
@@ -41,6 +43,15 @@ static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 static MODEL: HeaderName = HeaderName::from_static(MODEL_HEADER);
 static FLAGS: HeaderName = HeaderName::from_static(FLAGS_HEADER);
 
+/// The `Via` entry abgate adds to what it forwards, and counts to find loops.
+const VIA_ENTRY: &str = "1.1 abgate";
+/// Times a request may already have passed through abgate; one more is a loop (508).
+/// Enough for tiers of gateways, few enough that a loop ends before it costs much.
+pub const MAX_HOPS: usize = 8;
+/// The longest `model` routed on: it is matched as a header value, and no model name
+/// comes near it.
+pub const MAX_MODEL_LEN: usize = 1024;
+
 /// Request bodies up to this size are buffered so that they can be retried, mirrored, or
 /// read for their `model`; larger ones stream through once.
 pub const DEFAULT_BUFFER_LIMIT: usize = 1 << 20;
@@ -55,6 +66,8 @@ pub struct Shared {
     pub buffer_limit: usize,
     /// Largest request body accepted (`413` beyond); see [`crate::Limits`].
     pub max_request_body: u64,
+    /// Time allowed between two chunks of a request body (`408` beyond).
+    pub body_read_timeout: Duration,
     /// Metrics and the per-variant store.
     pub telemetry: Arc<Telemetry>,
     /// The series for requests that reach no destination (no route, bad request).
@@ -71,6 +84,7 @@ impl Shared {
             clients: Clients::default(),
             buffer_limit: DEFAULT_BUFFER_LIMIT,
             max_request_body: crate::Limits::default().max_request_body,
+            body_read_timeout: crate::Limits::default().body_read_timeout,
             unrouted: telemetry.destination(DestinationLabels::new("unknown", "unknown")),
             telemetry,
             observers: Arc::new(observers),
@@ -143,6 +157,13 @@ pub async fn handle(
     {
         Ok(response) => response,
         Err(e) => {
+            if e.is_client_fault() {
+                // The client's own fault is no evidence about any destination.
+                meter.charge(Arc::clone(&shared.unrouted));
+            }
+            if let Some(detail) = e.detail() {
+                tracing::warn!(request_id = ?request_id, error = %e, %detail, "request failed");
+            }
             flags |= e.flag();
             e.into_response(flags)
         }
@@ -217,6 +238,17 @@ async fn proxy(
     }
     let table = shared.table.load_full();
     let (mut parts, body) = req.into_parts();
+    if hops(&parts.headers) >= MAX_HOPS {
+        return Err(ProxyError::LoopDetected { hops: true });
+    }
+    // Two Host headers leave it to each hop which one wins (Envoy refuses them too).
+    let mut hosts = parts.headers.get_all(header::HOST).iter();
+    if hosts.next().is_some() && hosts.next().is_some() {
+        return Err(ProxyError::BadRequest(
+            "the request has more than one Host header".into(),
+        ));
+    }
+    let body = ClientBody::new(body, shared.max_request_body, shared.body_read_timeout);
     let authority = parts
         .uri
         .authority()
@@ -253,10 +285,11 @@ async fn proxy(
     if vhost.reads_model && parts.method == Method::POST {
         let bytes = read_bounded(
             body.take().expect("body not taken yet"),
-            shared.buffer_limit.min(body_limit(shared)),
+            body_limit(shared),
+            shared,
         )
         .await?;
-        if let Some(model) = model_of(&bytes) {
+        if let Some(model) = model_of(&bytes)? {
             parts.headers.insert(&MODEL, model);
         }
         buffered = Some(bytes);
@@ -274,6 +307,13 @@ async fn proxy(
         gateway: &server.gateway,
     };
     let (route, matched_block) = vhost.route(&view).ok_or_else(|| no_route(&parts))?;
+    // TRACE echoes the request, cookies and credentials included: only a rule that asks
+    // for it by name gets it.
+    if parts.method == Method::TRACE
+        && matched_block.is_none_or(|i| route.matches[i].method.is_none())
+    {
+        return Err(ProxyError::MethodNotAllowed("TRACE".into()));
+    }
     let route = Arc::clone(route);
     if let Some(info) = info.as_mut() {
         info.route = Some(Arc::clone(&route.name));
@@ -356,7 +396,14 @@ async fn proxy(
             let request_body = match (buffered, body.take()) {
                 (Some(bytes), _) => Some(bytes),
                 (None, Some(incoming)) if needs_buffer && fits(&incoming, shared.buffer_limit) => {
-                    Some(read_bounded(incoming, shared.buffer_limit.min(body_limit(shared))).await?)
+                    Some(
+                        read_bounded(
+                            incoming,
+                            shared.buffer_limit.min(body_limit(shared)),
+                            shared,
+                        )
+                        .await?,
+                    )
                 }
                 (None, Some(incoming)) => {
                     body = Some(incoming);
@@ -382,6 +429,10 @@ async fn proxy(
             };
             let mut headers = std::mem::take(&mut parts.headers);
             strip_hop_by_hop(&mut headers);
+            // The gateway answers `Expect: 100-continue` itself (hyper does, when the body
+            // is first read); the upstream gets the body without being asked.
+            headers.remove(header::EXPECT);
+            headers.append(header::VIA, HeaderValue::from_static(VIA_ENTRY));
             apply_request_ops(&mut headers, &route.headers.request);
             apply_request_ops(&mut headers, &target.headers.request);
             headers.insert(&X_REQUEST_ID, request_id.clone());
@@ -417,18 +468,8 @@ async fn proxy(
             });
             let client = shared.clients.get(pool, http2);
             let mut response = forward(
-                shared,
-                &client,
-                !http2,
-                target,
-                &route.retries,
-                template,
-                body,
-                hash,
-                deadline,
-                flags,
-                meter,
-                info,
+                shared, &client, !http2, target, &route, template, body, hash, deadline, flags,
+                meter, info,
             )
             .await?;
             apply_response_ops(response.headers_mut(), &target.headers.response);
@@ -460,19 +501,48 @@ fn body_limit(shared: &Shared) -> usize {
 }
 
 /// Whether a body is small enough to buffer: its declared length, or an empty body.
-fn fits(body: &Incoming, limit: usize) -> bool {
+fn fits(body: &ClientBody, limit: usize) -> bool {
     body.is_end_stream() || body.size_hint().upper().is_some_and(|n| n <= limit as u64)
+}
+
+/// Times the request has passed through abgate, by its `Via` entries.
+fn hops(headers: &HeaderMap) -> usize {
+    headers
+        .get_all(header::VIA)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .filter(|entry| entry.trim_ascii() == VIA_ENTRY.as_bytes())
+        .count()
+}
+
+/// The client's fault as the client is answered.
+fn client_error(fault: ClientFault, shared: &Shared) -> ProxyError {
+    match fault {
+        ClientFault::Malformed => {
+            ProxyError::BadRequest("the request body is malformed or incomplete".into())
+        }
+        ClientFault::TooLarge => ProxyError::BodyTooLarge {
+            limit: shared.max_request_body,
+        },
+        ClientFault::Stalled => ProxyError::BodyTimeout(shared.body_read_timeout),
+    }
 }
 
 /// The whole body, refused past `limit` bytes. A body that comes in one frame (the
 /// usual small JSON request) is returned as it came, without a copy.
-async fn read_bounded(mut body: Incoming, limit: usize) -> Result<Bytes, ProxyError> {
+async fn read_bounded(
+    mut body: ClientBody,
+    limit: usize,
+    shared: &Shared,
+) -> Result<Bytes, ProxyError> {
     let mut first: Option<Bytes> = None;
     let mut joined: Vec<u8> = Vec::new();
     let mut len = 0usize;
     while let Some(frame) = body.frame().await {
-        let frame = frame
-            .map_err(|e| ProxyError::BadRequest(format!("cannot read the request body: {e}")))?;
+        let frame = frame.map_err(|e| {
+            tracing::debug!(error = %e, "the client's request body failed");
+            client_error(e.fault, shared)
+        })?;
         // Trailers are not part of the bytes.
         let Ok(data) = frame.into_data() else {
             continue;
@@ -499,15 +569,92 @@ async fn read_bounded(mut body: Incoming, limit: usize) -> Result<Bytes, ProxyEr
     })
 }
 
-/// The OpenAI request's `model`, as a header value.
-fn model_of(body: &[u8]) -> Option<HeaderValue> {
-    #[derive(serde::Deserialize)]
-    struct ModelOnly<'a> {
-        #[serde(borrow)]
-        model: Option<std::borrow::Cow<'a, str>>,
+/// The OpenAI request's `model`, as a header value: `None` when the body is not a JSON
+/// object or its `model` is not a string. A body that names `model` twice is refused
+/// (parsers differ on which one counts, so the backend could read another model than the
+/// one routed on), and so is a `model` no header could carry.
+fn model_of(body: &[u8]) -> Result<Option<HeaderValue>, ProxyError> {
+    let Ok(ModelScan { model, times }) = serde_json::from_slice::<ModelScan>(body) else {
+        return Ok(None);
+    };
+    if times > 1 {
+        return Err(ProxyError::BadRequest(
+            "the request body has the key \"model\" more than once".into(),
+        ));
     }
-    let parsed: ModelOnly<'_> = serde_json::from_slice(body).ok()?;
-    HeaderValue::from_str(&parsed.model?).ok()
+    let Some(model) = model else { return Ok(None) };
+    if model.len() > MAX_MODEL_LEN {
+        return Err(ProxyError::BadRequest(format!(
+            "the model name is longer than {MAX_MODEL_LEN} bytes"
+        )));
+    }
+    HeaderValue::from_str(&model)
+        .map(Some)
+        .map_err(|_| ProxyError::BadRequest("the model name contains control characters".into()))
+}
+
+/// A JSON object read for its top-level `model`: the last string value, and how many
+/// times the key came. Other members are skipped without being built.
+struct ModelScan {
+    model: Option<String>,
+    times: u32,
+}
+
+impl<'de> serde::Deserialize<'de> for ModelScan {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Members;
+        impl<'de> serde::de::Visitor<'de> for Members {
+            type Value = ModelScan;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<ModelScan, A::Error> {
+                let mut scan = ModelScan {
+                    model: None,
+                    times: 0,
+                };
+                while let Some(IsModel(is_model)) = map.next_key()? {
+                    if is_model {
+                        scan.times += 1;
+                        scan.model = match map.next_value()? {
+                            serde_json::Value::String(model) => Some(model),
+                            _ => None,
+                        };
+                    } else {
+                        map.next_value::<serde::de::IgnoredAny>()?;
+                    }
+                }
+                Ok(scan)
+            }
+        }
+        deserializer.deserialize_map(Members)
+    }
+}
+
+/// An object key, compared with `model` as it is read (escapes decoded, nothing kept).
+struct IsModel(bool);
+
+impl<'de> serde::Deserialize<'de> for IsModel {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Key;
+        impl serde::de::Visitor<'_> for Key {
+            type Value = IsModel;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an object key")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, key: &str) -> Result<IsModel, E> {
+                Ok(IsModel(key == "model"))
+            }
+        }
+        deserializer.deserialize_str(Key)
+    }
 }
 
 /// The body with its JSON `model` replaced (a candidate served under another model or
@@ -691,7 +838,7 @@ impl UpstreamRequest {
 
 enum Sent {
     Buffered(Bytes),
-    Stream(Option<Incoming>),
+    Stream(Option<ClientBody>),
 }
 
 /// Sends to an endpoint of the cluster, retrying as the route's policy says, within the
@@ -704,7 +851,7 @@ async fn forward(
     client: &UpstreamClient,
     http1: bool,
     target: &Target,
-    policy: &RetryPolicy,
+    route: &Route,
     mut template: UpstreamRequest,
     mut body: Sent,
     hash: Option<u64>,
@@ -714,15 +861,20 @@ async fn forward(
     info: &mut Option<Box<RequestInfo>>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let started = Instant::now();
+    let policy = &route.retries;
+    let retry_cap = match route.retries_capped {
+        true => DEFAULT_MAX_RETRIES,
+        false => u32::MAX,
+    };
     let cluster = &target.cluster;
     let endpoints = &cluster.endpoints;
     let pool = cluster.policy.connection_pool.as_ref();
     // Endpoints tried, kept only when the policy avoids them on a retry.
     let mut tried: Vec<usize> = Vec::new();
     let mut attempt: u32 = 0;
-    // Set when a streamed request body grows past the limit.
-    let too_large = matches!(body, Sent::Stream(Some(_)))
-        .then(|| Arc::new(std::sync::atomic::AtomicBool::new(false)));
+    // Where a streamed request body records the client's fault, if it fails.
+    let client_fault =
+        matches!(body, Sent::Stream(Some(_))).then(|| Arc::new(FaultCell::default()));
     // Held from a retry's scheduling until its outcome is known (Envoy's `maxRetries`).
     let mut _retry = None;
     // A streamed body can be sent once only.
@@ -768,6 +920,9 @@ async fn forward(
             tried.push(index);
         }
         let endpoint = &endpoints[index];
+        if endpoint.loops_back() {
+            return Err(ProxyError::LoopDetected { hops: false });
+        }
         // The last endpoint tried answers for the request in the metrics.
         if let Some(series) = target.series.get(index) {
             meter.charge(Arc::clone(series));
@@ -775,11 +930,9 @@ async fn forward(
         let upstream_body = match &mut body {
             Sent::Buffered(bytes) => UpstreamBody::full(bytes.clone()),
             Sent::Stream(incoming) => match incoming.take() {
-                Some(inner) => UpstreamBody::limited(
-                    inner,
-                    shared.max_request_body,
-                    Arc::clone(too_large.as_ref().expect("made for a streamed body")),
-                ),
+                Some(inner) => UpstreamBody::stream(inner.report_to(Arc::clone(
+                    client_fault.as_ref().expect("made for a streamed body"),
+                ))),
                 None => UpstreamBody::full(Bytes::new()),
             },
         };
@@ -810,15 +963,12 @@ async fn forward(
             },
             None => Attempt::from_result(client.request(request).await, endpoint),
         };
-        if matches!(outcome, Attempt::Failed(_))
-            && too_large
-                .as_ref()
-                .is_some_and(|t| t.load(std::sync::atomic::Ordering::Acquire))
+        // The client's body, not the upstream, ended the exchange: the client's error,
+        // kept from the endpoint's health and the retry policy.
+        if let (Attempt::Failed(_) | Attempt::TimedOut, Some(fault)) =
+            (&outcome, client_fault.as_ref().and_then(|c| c.get()))
         {
-            // The client's body, not the upstream, ended the exchange.
-            return Err(ProxyError::BodyTooLarge {
-                limit: shared.max_request_body,
-            });
+            return Err(client_error(fault, shared));
         }
         if let (Some(budget), Attempt::Response(_)) = (&budget, &outcome) {
             budget.spend();
@@ -864,7 +1014,7 @@ async fn forward(
             // Past `maxRetries` outstanding across the cluster, Envoy answers with what it
             // has and flags `UO`. The previous retry of this request ends here first.
             _retry = None;
-            match cluster.try_retry() {
+            match cluster.try_retry(retry_cap) {
                 Some(token) => _retry = Some(token),
                 None => {
                     shared.telemetry.gateway().record_pool_overflow();
@@ -969,17 +1119,6 @@ fn is_protocol_error(e: &(dyn std::error::Error + 'static)) -> bool {
         source = s.source();
     }
     false
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 /// Whether a response's status (or gRPC status) is one the policy retries.
@@ -1156,6 +1295,7 @@ fn shadow_host(authority: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use abgate_config::model::RetryPolicy;
 
     #[test]
     fn shadow_host_goes_before_the_port() {
@@ -1169,10 +1309,23 @@ mod tests {
     #[test]
     fn model_is_read_from_the_json_body() {
         assert_eq!(
-            model_of(br#"{"messages":[],"model":"llama-3.1-8b"}"#),
+            model_of(br#"{"messages":[],"model":"llama-3.1-8b"}"#).unwrap(),
             Some(HeaderValue::from_static("llama-3.1-8b"))
         );
-        assert_eq!(model_of(b"not json"), None);
+        assert_eq!(model_of(b"not json").unwrap(), None);
+        assert_eq!(model_of(br#"{"model":7}"#).unwrap(), None);
+        assert_eq!(
+            model_of(br#"{"m":{"model":"x"},"model":"y"}"#).unwrap(),
+            Some(HeaderValue::from_static("y"))
+        );
+    }
+
+    #[test]
+    fn a_model_named_twice_is_refused_however_it_is_spelled() {
+        assert!(model_of(br#"{"model":"a","x":1,"model":"b"}"#).is_err());
+        assert!(model_of(br#"{"model":"a","mod\u0065l":"b"}"#).is_err());
+        let long = format!(r#"{{"model":"{}"}}"#, "m".repeat(MAX_MODEL_LEN + 1));
+        assert!(model_of(long.as_bytes()).is_err());
     }
 
     #[test]

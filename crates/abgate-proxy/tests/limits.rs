@@ -10,7 +10,7 @@ use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use support::{chat_body, load, Backend, Gateway, Mesh, HOST};
+use support::{chat_body, load, raw, status_line, Backend, Gateway, Mesh, HOST};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -33,24 +33,6 @@ async fn gateway(port: u16, limits: Limits) -> Gateway {
     Gateway::start_limited(&load(&yaml), &limits).await
 }
 
-/// Writes `request`, then reads until the gateway closes the connection (or 5 s pass);
-/// returns what came back and how long the connection stayed open.
-async fn raw(gw: &Gateway, request: &[u8]) -> (String, Duration) {
-    let mut stream = TcpStream::connect(gw.addr).await.expect("connect");
-    let started = Instant::now();
-    stream.write_all(request).await.expect("write");
-    let mut out = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut out)).await;
-    (
-        String::from_utf8_lossy(&out).into_owned(),
-        started.elapsed(),
-    )
-}
-
-fn status_line(text: &str) -> &str {
-    text.lines().next().unwrap_or("")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_oversized_request_head_or_too_many_headers_get_431() {
     let backend = Backend::ok("v1").await;
@@ -67,7 +49,7 @@ async fn an_oversized_request_head_or_too_many_headers_get_431() {
         "GET / HTTP/1.1\r\nhost: {HOST}\r\nx-big: {}\r\n\r\n",
         "a".repeat(10_000)
     );
-    let (answer, _) = raw(&gw, big.as_bytes()).await;
+    let (answer, _) = raw(gw.addr, big.as_bytes(), false).await;
     assert_eq!(
         status_line(&answer),
         "HTTP/1.1 431 Request Header Fields Too Large"
@@ -77,7 +59,7 @@ async fn an_oversized_request_head_or_too_many_headers_get_431() {
         many.push_str(&format!("x-h{i}: v\r\n"));
     }
     many.push_str("\r\n");
-    let (answer, _) = raw(&gw, many.as_bytes()).await;
+    let (answer, _) = raw(gw.addr, many.as_bytes(), false).await;
     assert_eq!(
         status_line(&answer),
         "HTTP/1.1 431 Request Header Fields Too Large"
@@ -87,7 +69,7 @@ async fn an_oversized_request_head_or_too_many_headers_get_431() {
         "GET / HTTP/1.1\r\nhost: {HOST}\r\nx-ok: {}\r\nconnection: close\r\n\r\n",
         "a".repeat(4000)
     );
-    let (answer, _) = raw(&gw, fine.as_bytes()).await;
+    let (answer, _) = raw(gw.addr, fine.as_bytes(), false).await;
     assert_eq!(status_line(&answer), "HTTP/1.1 200 OK");
     assert_eq!(backend.count(), 1);
     gw.stop().await;
@@ -126,7 +108,7 @@ async fn a_request_body_over_the_limit_gets_413_declared_or_streamed() {
         request.extend_from_slice(format!("{:x}\r\n{}\r\n", 400, "y".repeat(400)).as_bytes());
     }
     request.extend_from_slice(b"0\r\n\r\n");
-    let (answer, _) = raw(&gw, &request).await;
+    let (answer, _) = raw(gw.addr, &request, false).await;
     assert_eq!(
         status_line(&answer),
         "HTTP/1.1 413 Payload Too Large",
@@ -140,7 +122,7 @@ async fn a_request_body_over_the_limit_gets_413_declared_or_streamed() {
         900,
         "z".repeat(900)
     );
-    let (answer, _) = raw(&gw, small.as_bytes()).await;
+    let (answer, _) = raw(gw.addr, small.as_bytes(), false).await;
     assert_eq!(status_line(&answer), "HTTP/1.1 200 OK", "{answer}");
     assert_eq!(backend.last().body.len(), 900);
     gw.stop().await;
@@ -160,7 +142,7 @@ async fn a_slow_client_gets_408_at_the_header_read_timeout() {
     // Half a head, then silence; and a connection that sends nothing at all: each gets
     // a 408 with an OpenAI-style error, then the connection closes.
     for sent in [format!("GET / HTTP/1.1\r\nhost: {HOST}\r\n"), String::new()] {
-        let (answer, open) = raw(&gw, sent.as_bytes()).await;
+        let (answer, open) = raw(gw.addr, sent.as_bytes(), false).await;
         assert_eq!(
             status_line(&answer),
             "HTTP/1.1 408 Request Timeout",
@@ -236,7 +218,7 @@ async fn malformed_requests_get_400() {
         ),
         format!("GET / HTTP/9.9\r\nhost: {HOST}\r\n\r\n"),
     ] {
-        let (answer, _) = raw(&gw, request.as_bytes()).await;
+        let (answer, _) = raw(gw.addr, request.as_bytes(), false).await;
         assert_eq!(
             status_line(&answer),
             "HTTP/1.1 400 Bad Request",

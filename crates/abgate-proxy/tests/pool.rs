@@ -154,7 +154,15 @@ async fn a_queued_request_waits_no_longer_than_the_route_timeout() {
             .all(|(s, f)| *s == StatusCode::GATEWAY_TIMEOUT && f == "UT"),
         "{statuses:?}"
     );
-    assert_eq!(backend.count(), 1, "the queued request was never sent");
+    // Neither waited for the backend's 1.5 s: the queued one gave up at its own deadline
+    // (it may have been sent once the first freed the connection, if it started later).
+    assert!(
+        replies
+            .iter()
+            .all(|r| r.elapsed < Duration::from_millis(1200)),
+        "{replies:?}"
+    );
+    assert!(backend.count() >= 1);
     gw.stop().await;
 }
 

@@ -75,6 +75,19 @@ pub struct ServeArgs {
     /// Streams a client may have open at once on one HTTP/2 connection.
     #[arg(long, default_value_t = 256)]
     max_concurrent_streams: u32,
+    /// Time allowed between two chunks of a request body: a body that stops arriving
+    /// gets 408 and its upstream request is abandoned.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    body_read_timeout: Duration,
+    /// A client connection with no request in flight for this long is closed (HTTP/2
+    /// with a GOAWAY; pings do not keep it open), on data and admin listeners.
+    #[arg(long, default_value = "300s", value_parser = parse_duration)]
+    idle_timeout: Duration,
+    /// Client connections open at once across the data listeners; more are closed at
+    /// accept and counted. Default: half the open-file limit (raised to its hard limit
+    /// at startup) less a reserve, so that each can hold an upstream connection too.
+    #[arg(long)]
+    max_connections: Option<usize>,
     /// Runtime worker threads (default: one per core). `1` runs everything on one
     /// thread, whose scheduler serves connections in turn: under hundreds of
     /// connections its p99 is a fraction of a one-worker work-stealing runtime's.
@@ -157,13 +170,24 @@ async fn serve(args: ServeArgs) -> ExitCode {
         otlp_endpoint: args.otlp_endpoint.clone(),
         analysis_window: Some(args.analysis_window),
     };
+    let open_files = abgate_proxy::raise_open_file_limit();
     let limits = abgate_proxy::Limits {
         max_header_bytes: args.max_request_headers_size,
         max_headers: args.max_request_headers,
         max_request_body: args.max_request_body,
         header_read_timeout: args.header_read_timeout,
         max_concurrent_streams: args.max_concurrent_streams,
+        body_read_timeout: args.body_read_timeout,
+        idle_timeout: args.idle_timeout,
+        max_connections: args
+            .max_connections
+            .unwrap_or_else(|| abgate_proxy::default_max_connections(open_files)),
     };
+    tracing::info!(
+        open_files,
+        max_connections = limits.max_connections,
+        "connection limits"
+    );
     let running = match abgate_proxy::start_with(&loaded.config, &options, &limits).await {
         Ok(r) => r,
         Err(e) => {

@@ -442,6 +442,31 @@ impl Gateway {
     }
 }
 
+/// Writes `request` on a new connection to `addr` (then closes the writing half when
+/// `half_close`, so the gateway reads an end), and reads until the connection closes (or
+/// 5 s pass); returns what came back and how long the connection stayed open.
+pub async fn raw(addr: SocketAddr, request: &[u8], half_close: bool) -> (String, Duration) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let started = Instant::now();
+    // A connection refused at accept may already be closed: what came back tells.
+    let _ = stream.write_all(request).await;
+    if half_close {
+        let _ = stream.shutdown().await;
+    }
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut out)).await;
+    (
+        String::from_utf8_lossy(&out).into_owned(),
+        started.elapsed(),
+    )
+}
+
+/// The first line of a raw HTTP/1.1 answer.
+pub fn status_line(text: &str) -> &str {
+    text.lines().next().unwrap_or("")
+}
+
 // ---------------------------------------------------------------------------------------
 // Recording backends
 
