@@ -23,6 +23,8 @@ const NETWORKING_VERSIONS: [&str; 3] = [
     "networking.istio.io/v1alpha3",
 ];
 const EXPERIMENT_VERSION: &str = "abgate.dev/v1alpha1";
+/// The Istio release whose schema and validation abgate follows.
+const ISTIO_VERSION: &str = "1.31";
 const MAX_REGEX_LEN: usize = 1024;
 const MAX_DIRECT_RESPONSE_BODY: usize = 1 << 20;
 /// The gRPC status names a fault abort may answer with.
@@ -245,7 +247,7 @@ impl Cx {
                         let hint = suggest(&field, &inner)
                             .map(|s| format!(" (did you mean `{s}`?)"))
                             .unwrap_or_default();
-                        format!("unknown field `{field}`{hint}; the resource is rejected as Kubernetes would reject it")
+                        format!("unknown field `{field}`{hint}: not in the Istio {ISTIO_VERSION} schema abgate follows (a field added by a newer Istio is not known to abgate yet); the resource is rejected as Kubernetes would reject it")
                     }
                     None => format!("schema error: {inner}"),
                 };
@@ -1714,7 +1716,12 @@ fn load_balancer(
         (&lb.warmup, "warmup"),
     ] {
         if value.is_some() {
-            cx.unsupported(&field.key(key), key);
+            let what = if key == "zoneAwareLbSetting" {
+                "zoneAwareLbSetting (added in Istio 1.31)"
+            } else {
+                key
+            };
+            cx.unsupported(&field.key(key), what);
         }
     }
     if lb.locality_lb_setting.is_some() && lb.zone_aware_lb_setting.is_some() {
