@@ -46,7 +46,104 @@ pub(crate) fn analyze(config: &Config) -> Vec<Diagnostic> {
     for exp in &config.experiments {
         experiment_variants(config, exp, &mut out);
     }
+    endpoints_on_own_listeners(config, &mut out);
     out
+}
+
+/// Whether an endpoint address reaches a listener bound to `bind` (every address when
+/// unset): the same address, or this host's loopback or unspecified address.
+fn reaches_listener(address: &str, bind: Option<&str>) -> bool {
+    use std::net::{IpAddr, Ipv4Addr};
+    let ip = |a: &str| -> Option<IpAddr> {
+        if a.eq_ignore_ascii_case("localhost") {
+            Some(IpAddr::V4(Ipv4Addr::LOCALHOST))
+        } else {
+            a.parse().ok()
+        }
+    };
+    let Some(addr) = ip(address) else {
+        return false;
+    };
+    let local = addr.is_loopback() || addr.is_unspecified();
+    match bind.filter(|b| !b.is_empty()) {
+        None => local,
+        Some(bind) => match ip(bind) {
+            Some(b) if b.is_unspecified() => local,
+            Some(b) => addr == b || (addr.is_loopback() && b.is_loopback()),
+            // A unix socket is not reached over TCP.
+            None => false,
+        },
+    }
+}
+
+/// Endpoints that are one of the gateway's own listeners: a request sent there comes
+/// back in and is forwarded again.
+fn endpoints_on_own_listeners(config: &Config, out: &mut Vec<Diagnostic>) {
+    let listeners: Vec<(String, u16, Option<&str>)> = config
+        .gateways
+        .iter()
+        .flat_map(|g| {
+            g.servers.iter().map(move |s| {
+                (
+                    format!("{}/{} servers[{}]", g.meta.namespace, g.meta.name, s.index),
+                    s.port,
+                    s.bind.as_deref(),
+                )
+            })
+        })
+        .collect();
+    if listeners.is_empty() {
+        return;
+    }
+    let mut check = |meta: &Meta, field: FieldPath, address: &str, ports: Vec<u16>| {
+        for port in ports {
+            let hit = listeners
+                .iter()
+                .find(|(_, p, bind)| *p == port && reaches_listener(address, *bind));
+            if let Some((name, _, _)) = hit {
+                out.push(at(
+                    meta,
+                    Code::EndpointIsOwnListener,
+                    Severity::Warning,
+                    field.clone(),
+                    format!(
+                        "endpoint {address}:{port} is the gateway's own listener ({name}): requests sent to it come back in and loop; point it at the model server's address"
+                    ),
+                ));
+                return;
+            }
+        }
+    };
+    for entry in &config.service_entries {
+        for (i, e) in entry.endpoints.iter().enumerate() {
+            let ports: Vec<u16> = entry
+                .ports
+                .iter()
+                .map(|p| {
+                    e.ports
+                        .get(&p.name)
+                        .copied()
+                        .or(p.target_port)
+                        .unwrap_or(p.number)
+                })
+                .chain(e.ports.values().copied())
+                .collect();
+            check(
+                &entry.meta,
+                FieldPath::parse("spec.endpoints").index(i).key("address"),
+                &e.address,
+                ports,
+            );
+        }
+    }
+    for w in &config.workload_entries {
+        check(
+            &w.meta,
+            FieldPath::parse("spec.address"),
+            &w.endpoint.address,
+            w.endpoint.ports.values().copied().collect(),
+        );
+    }
 }
 
 /// Two resources of one kind, namespace and name: the later replaces the earlier. For

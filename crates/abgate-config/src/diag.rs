@@ -57,6 +57,9 @@ pub enum Code {
     UnsupportedKind,
     /// ABG0004: a valid Istio field abgate accepts but does not act on.
     UnsupportedField,
+    /// ABG0005: accepted by abgate, but Istio in a cluster would refuse it or read it
+    /// otherwise.
+    IstioDivergence,
     /// ABG0010: two resources of one kind, namespace and name.
     DuplicateResource,
     /// ABG0011: two DestinationRules for one host (Istio merges them silently).
@@ -73,6 +76,8 @@ pub enum Code {
     ExperimentVariantNotSubset,
     /// ABG0031: a Gateway TLS credential that cannot be read; that server is skipped.
     GatewayCredentialNotFound,
+    /// ABG0032: an endpoint that is one of the gateway's own listeners.
+    EndpointIsOwnListener,
 }
 
 impl Code {
@@ -91,6 +96,7 @@ impl Code {
             Code::MissingTypeMeta => "ABG0002",
             Code::UnsupportedKind => "ABG0003",
             Code::UnsupportedField => "ABG0004",
+            Code::IstioDivergence => "ABG0005",
             Code::DuplicateResource => "ABG0010",
             Code::ConflictingDestinationRules => "ABG0011",
             Code::WeightsNotHundred => "ABG0020",
@@ -99,6 +105,7 @@ impl Code {
             Code::SubsetPolicyReplacesSection => "ABG0023",
             Code::ExperimentVariantNotSubset => "ABG0030",
             Code::GatewayCredentialNotFound => "ABG0031",
+            Code::EndpointIsOwnListener => "ABG0032",
         }
     }
 }

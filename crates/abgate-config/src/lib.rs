@@ -9,6 +9,7 @@ mod diag;
 pub mod duration;
 pub mod model;
 pub mod source;
+pub mod syntax;
 mod validate;
 pub mod wire;
 

@@ -294,12 +294,17 @@ pub struct HeaderOps {
     pub add: Vec<(String, String)>,
     /// Remove.
     pub remove: Vec<String>,
+    /// The Host sent upstream, from a request `set`/`add` of `:authority` (or `host`).
+    pub authority: Option<String>,
 }
 
 impl HeaderOps {
     /// Nothing to do.
     pub fn is_empty(&self) -> bool {
-        self.set.is_empty() && self.add.is_empty() && self.remove.is_empty()
+        self.set.is_empty()
+            && self.add.is_empty()
+            && self.remove.is_empty()
+            && self.authority.is_none()
     }
 }
 

@@ -12,7 +12,7 @@ use serde::de::DeserializeOwned;
 use crate::diag::{Code, Diagnostic, Severity};
 use crate::model::*;
 use crate::source::{Document, FieldPath, Node};
-use crate::{duration, wire};
+use crate::{duration, syntax, wire};
 
 /// The namespace a resource without `metadata.namespace` lives in.
 pub const DEFAULT_NAMESPACE: &str = "default";
@@ -23,8 +23,34 @@ const NETWORKING_VERSIONS: [&str; 3] = [
     "networking.istio.io/v1alpha3",
 ];
 const EXPERIMENT_VERSION: &str = "abgate.dev/v1alpha1";
+/// The Istio release whose schema and validation abgate follows.
+const ISTIO_VERSION: &str = "1.31";
 const MAX_REGEX_LEN: usize = 1024;
 const MAX_DIRECT_RESPONSE_BODY: usize = 1 << 20;
+/// The gRPC status names a fault abort may answer with.
+const GRPC_STATUSES: [&str; 17] = [
+    "OK",
+    "CANCELLED",
+    "UNKNOWN",
+    "INVALID_ARGUMENT",
+    "DEADLINE_EXCEEDED",
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+    "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED",
+    "FAILED_PRECONDITION",
+    "ABORTED",
+    "OUT_OF_RANGE",
+    "UNIMPLEMENTED",
+    "INTERNAL",
+    "UNAVAILABLE",
+    "DATA_LOSS",
+    "UNAUTHENTICATED",
+];
+/// The methods a CORS policy may allow.
+const CORS_METHODS: [&str; 10] = [
+    "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "CONNECT", "OPTIONS", "TRACE", "*",
+];
 
 /// Validates one YAML document into a resource. Returns `None` for the resource when
 /// it has an error (or is a kind abgate ignores), with every diagnostic found.
@@ -107,6 +133,11 @@ pub fn resolve_gateway(reference: &str, namespace: &str) -> String {
     }
 }
 
+/// Whether two hosts (either possibly a wildcard) can name the same host.
+fn hosts_overlap(a: &str, b: &str) -> bool {
+    crate::host_matches(a, b) || crate::host_matches(b, a)
+}
+
 /// Validation context for one resource: who it is and what was found.
 pub(crate) struct Cx {
     file: Arc<std::path::Path>,
@@ -151,6 +182,30 @@ impl Cx {
         );
     }
 
+    /// Accepted by abgate, but Istio in a cluster would refuse it or read it otherwise.
+    fn diverges(&mut self, field: &FieldPath, message: impl Into<String>) {
+        self.push(
+            Code::IstioDivergence,
+            Severity::Warning,
+            field.clone(),
+            message.into(),
+        );
+    }
+
+    /// A duration Envoy takes: at least 1ms, in whole milliseconds (Istio's check).
+    fn envoy_duration(&mut self, field: &FieldPath, text: &Option<String>) -> Option<Duration> {
+        let d = self.duration(field, text)?;
+        if d < Duration::from_millis(1) {
+            self.error(field, "duration must be at least 1ms");
+            return None;
+        }
+        if d.subsec_nanos() % 1_000_000 != 0 {
+            self.error(field, "duration must be a whole number of milliseconds");
+            return None;
+        }
+        Some(d)
+    }
+
     fn unsupported(&mut self, field: &FieldPath, what: &str) {
         self.push(
             Code::UnsupportedField,
@@ -192,7 +247,7 @@ impl Cx {
                         let hint = suggest(&field, &inner)
                             .map(|s| format!(" (did you mean `{s}`?)"))
                             .unwrap_or_default();
-                        format!("unknown field `{field}`{hint}; the resource is rejected as Kubernetes would reject it")
+                        format!("unknown field `{field}`{hint}: not in the Istio {ISTIO_VERSION} schema abgate follows (a field added by a newer Istio is not known to abgate yet); the resource is rejected as Kubernetes would reject it")
                     }
                     None => format!("schema error: {inner}"),
                 };
@@ -489,6 +544,19 @@ pub(crate) fn match_block(
             "sourceLabels (a mesh workload selector)",
         );
     }
+    for (i, reference) in m.gateways.iter().enumerate() {
+        if let Err(reason) = syntax::check_gateway_reference(reference) {
+            cx.error(&field.key("gateways").index(i), reason);
+        }
+    }
+    if let Some(ns) = m.source_namespace.as_deref() {
+        if !syntax::is_dns1123_label(ns) {
+            cx.error(
+                &field.key("sourceNamespace"),
+                format!("`{ns}` is not a namespace (a DNS-1123 label)"),
+            );
+        }
+    }
     if m.source_namespace.is_some() {
         cx.unsupported(
             &field.key("sourceNamespace"),
@@ -528,15 +596,42 @@ fn virtual_service(cx: &mut Cx, meta: Meta, spec: wire::VirtualServiceSpec) -> V
     if spec.hosts.is_empty() {
         cx.error(&spec_path.key("hosts"), "at least one host is required");
     }
-    let mut seen = BTreeSet::new();
+    for (i, reference) in spec.gateways.iter().enumerate() {
+        if let Err(reason) = syntax::check_gateway_reference(reference) {
+            cx.error(&spec_path.key("gateways").index(i), reason);
+        }
+    }
+    // As Istio: with no gateways, or `mesh` among them, the rules apply to the mesh.
+    let applies_to_mesh = spec.gateways.is_empty() || spec.gateways.iter().any(|g| g == "mesh");
+    let mut all_valid = true;
     for (i, host) in spec.hosts.iter().enumerate() {
-        if host.is_empty() {
-            cx.error(&spec_path.key("hosts").index(i), "host must not be empty");
-        } else if !seen.insert(host.to_ascii_lowercase()) {
-            cx.error(
-                &spec_path.key("hosts").index(i),
-                format!("host `{host}` is listed twice"),
+        let f = spec_path.key("hosts").index(i);
+        if let Err(reason) = syntax::check_wildcard_domain(host) {
+            if !syntax::is_ip(host) {
+                cx.error(&f, reason);
+                all_valid = false;
+            }
+        } else if host == "*" && applies_to_mesh {
+            cx.diverges(
+                &f,
+                "host `*` on a VirtualService bound to the mesh: abgate's mesh view (`serve --listen` with no Gateway) serves every host with it, but Istio rejects it in a cluster; there, list the hosts, or bind the VirtualService to a Gateway with `gateways: [NAME]`",
             );
+        }
+    }
+    if all_valid {
+        let hosts: Vec<String> = spec.hosts.iter().map(|h| h.to_ascii_lowercase()).collect();
+        for (j, host) in hosts.iter().enumerate() {
+            if let Some(earlier) = hosts[..j].iter().find(|e| hosts_overlap(e, host)) {
+                let what = if earlier == host {
+                    format!("host `{host}` is listed twice")
+                } else {
+                    format!("host `{host}` overlaps `{earlier}` listed before it")
+                };
+                cx.error(
+                    &spec_path.key("hosts").index(j),
+                    format!("{what}; Istio rejects duplicate hosts in one VirtualService"),
+                );
+            }
         }
     }
     if spec.http.is_empty() && spec.tcp.is_none() && spec.tls.is_none() {
@@ -627,7 +722,7 @@ fn http_route(cx: &mut Cx, field: &FieldPath, r: &wire::HttpRoute, ns: &str) -> 
         .fault
         .as_ref()
         .and_then(|f| http_fault(cx, &field.key("fault"), f));
-    let explicit_timeout = cx.duration(&field.key("timeout"), &r.timeout);
+    let explicit_timeout = cx.envoy_duration(&field.key("timeout"), &r.timeout);
     let mut retries = match &r.retries {
         Some(retry) => http_retry(cx, &field.key("retries"), retry),
         None => RetryPolicy::istio_default(),
@@ -655,6 +750,18 @@ fn http_route(cx: &mut Cx, field: &FieldPath, r: &wire::HttpRoute, ns: &str) -> 
         .as_ref()
         .and_then(|rw| http_rewrite(cx, &field.key("rewrite"), rw));
     let headers = header_rules(cx, &field.key("headers"), r.headers.as_ref());
+    let rewrites_authority = r
+        .rewrite
+        .as_ref()
+        .is_some_and(|rw| rw.authority.as_deref().is_some_and(|a| !a.is_empty()));
+    if rewrites_authority {
+        if let Some(f) = authority_header_field(&field.key("headers"), r.headers.as_ref()) {
+            cx.error(
+                &f,
+                "the authority is already rewritten by rewrite.authority; set it in one place",
+            );
+        }
+    }
     Some(HttpRoute {
         name: r.name.clone(),
         matches,
@@ -754,40 +861,63 @@ fn header_rules(cx: &mut Cx, field: &FieldPath, h: Option<&wire::Headers>) -> He
         return HeaderRules::default();
     };
     HeaderRules {
-        request: header_ops(cx, &field.key("request"), h.request.as_ref()),
-        response: header_ops(cx, &field.key("response"), h.response.as_ref()),
+        request: header_ops(cx, &field.key("request"), h.request.as_ref(), true),
+        response: header_ops(cx, &field.key("response"), h.response.as_ref(), false),
     }
 }
 
-fn header_ops(cx: &mut Cx, field: &FieldPath, ops: Option<&wire::HeaderOperations>) -> HeaderOps {
+fn is_authority_header(name: &str) -> bool {
+    name.eq_ignore_ascii_case(":authority") || name.eq_ignore_ascii_case("host")
+}
+
+/// Header changes as Istio accepts them: no pseudo-header and no `Host`, except that a
+/// request's `set`/`add` may name `:authority` (or `host`), which sets the Host sent
+/// upstream.
+fn header_ops(
+    cx: &mut Cx,
+    field: &FieldPath,
+    ops: Option<&wire::HeaderOperations>,
+    request: bool,
+) -> HeaderOps {
     let Some(ops) = ops else {
         return HeaderOps::default();
     };
-    let check = |cx: &mut Cx, f: FieldPath, name: &str| -> Option<String> {
-        if name.starts_with(':') {
-            cx.error(&f, format!("pseudo-header `{name}` cannot be modified"));
-            None
+    let check = |cx: &mut Cx, f: &FieldPath, name: &str| -> bool {
+        if name.is_empty() {
+            cx.error(f, "header name must not be empty");
+            false
+        } else if name.starts_with(':') || name.eq_ignore_ascii_case("host") {
+            cx.error(f, format!("`{name}` cannot be modified here"));
+            false
         } else if http_token(name).is_err() {
-            cx.error(&f, format!("`{name}` is not a valid header name"));
-            None
+            cx.error(f, format!("`{name}` is not a valid header name"));
+            false
         } else {
-            Some(name.to_ascii_lowercase())
+            true
         }
     };
-    let pairs = |cx: &mut Cx, key: &str, map: &BTreeMap<String, String>| {
-        map.iter()
-            .filter_map(|(k, v)| {
-                let name = check(cx, field.key(key).key(k), k)?;
-                if v.contains(['\r', '\n']) {
-                    cx.error(
-                        &field.key(key).key(k),
-                        "header value must not contain a line break",
-                    );
-                    return None;
+    let mut authority: Option<(FieldPath, String)> = None;
+    let mut pairs = |cx: &mut Cx, key: &str, map: &BTreeMap<String, String>| {
+        let mut out = Vec::new();
+        for (k, v) in map {
+            let f = field.key(key).key(k);
+            if let Err(reason) = syntax::check_header_value(v) {
+                cx.error(&f, reason);
+                continue;
+            }
+            if request && is_authority_header(k) {
+                if authority.is_some() {
+                    cx.error(&f, "the authority is set more than once");
+                } else {
+                    authority = Some((f, v.clone()));
                 }
-                Some((name, v.clone()))
-            })
-            .collect::<Vec<_>>()
+                continue;
+            }
+            if check(cx, &f, k) {
+                out.push((k.to_ascii_lowercase(), v.clone()));
+            }
+        }
+        out
     };
     let set = pairs(cx, "set", &ops.set);
     let add = pairs(cx, "add", &ops.add);
@@ -795,9 +925,27 @@ fn header_ops(cx: &mut Cx, field: &FieldPath, ops: Option<&wire::HeaderOperation
         .remove
         .iter()
         .enumerate()
-        .filter_map(|(i, n)| check(cx, field.key("remove").index(i), n))
+        .filter(|(i, n)| check(cx, &field.key("remove").index(*i), n))
+        .map(|(_, n)| n.to_ascii_lowercase())
         .collect();
-    HeaderOps { set, add, remove }
+    HeaderOps {
+        set,
+        add,
+        remove,
+        authority: authority.map(|(_, value)| value),
+    }
+}
+
+/// The field of a request `set`/`add` of the authority, when there is one.
+fn authority_header_field(field: &FieldPath, h: Option<&wire::Headers>) -> Option<FieldPath> {
+    let request = h?.request.as_ref()?;
+    [("set", &request.set), ("add", &request.add)]
+        .into_iter()
+        .find_map(|(key, map)| {
+            map.keys()
+                .find(|k| is_authority_header(k))
+                .map(|k| field.key("request").key(key).key(k))
+        })
 }
 
 fn http_retry(cx: &mut Cx, field: &FieldPath, r: &wire::HttpRetry) -> RetryPolicy {
@@ -805,13 +953,17 @@ fn http_retry(cx: &mut Cx, field: &FieldPath, r: &wire::HttpRetry) -> RetryPolic
     let attempts = cx
         .nonneg_u32(&field.key("attempts"), r.attempts)
         .unwrap_or(0);
-    let per_try_timeout = cx.duration(&field.key("perTryTimeout"), &r.per_try_timeout);
-    if per_try_timeout.is_some_and(|d| d < Duration::from_millis(1)) {
+    if r.attempts.unwrap_or(0) == 0
+        && (r.per_try_timeout.is_some()
+            || r.retry_on.as_deref().is_some_and(|s| !s.is_empty())
+            || r.retry_remote_localities.is_some())
+    {
         cx.error(
-            &field.key("perTryTimeout"),
-            "perTryTimeout must be at least 1ms",
+            &field.key("attempts"),
+            "attempts is 0 (retries disabled) but other retry settings are set; set attempts, or remove them",
         );
     }
+    let per_try_timeout = cx.envoy_duration(&field.key("perTryTimeout"), &r.per_try_timeout);
     let retry_on = match &r.retry_on {
         Some(text) => retry_on(cx, &field.key("retryOn"), text),
         None => default.retry_on.clone(),
@@ -821,7 +973,7 @@ fn http_retry(cx: &mut Cx, field: &FieldPath, r: &wire::HttpRetry) -> RetryPolic
         per_try_timeout,
         retry_on,
         backoff: cx
-            .duration(&field.key("backoff"), &r.backoff)
+            .envoy_duration(&field.key("backoff"), &r.backoff)
             .unwrap_or(default.backoff),
         ignore_previous_hosts: r.retry_ignore_previous_hosts.unwrap_or(true),
     }
@@ -875,7 +1027,14 @@ fn http_fault(cx: &mut Cx, field: &FieldPath, f: &wire::HttpFault) -> Option<Fau
     let share =
         |cx: &mut Cx, f: &FieldPath, pct: Option<wire::Percent>, int: Option<i64>, what: &str| {
             if let Some(p) = pct {
-                return cx.percent(&f.key("percentage").key("value"), p.value);
+                let field = f.key("percentage").key("value");
+                if p.value > 0.0 && p.value < 0.0001 {
+                    cx.error(
+                        &field,
+                        format!("percentage {} is neither 0 nor at least 0.0001", p.value),
+                    );
+                }
+                return cx.percent(&field, p.value);
             }
             if let Some(p) = int {
                 cx.warn(
@@ -898,15 +1057,12 @@ fn http_fault(cx: &mut Cx, field: &FieldPath, f: &wire::HttpFault) -> Option<Fau
                 "exponentialDelay is not supported (nor by Istio)",
             );
         }
-        let Some(fixed) = cx.duration(&df.key("fixedDelay"), &d.fixed_delay) else {
+        let Some(fixed) = cx.envoy_duration(&df.key("fixedDelay"), &d.fixed_delay) else {
             if d.fixed_delay.is_none() {
-                cx.error(&df, "delay needs fixedDelay");
+                cx.error(&df, "delay needs a duration: fixedDelay");
             }
             return None;
         };
-        if fixed < Duration::from_millis(1) {
-            cx.error(&df.key("fixedDelay"), "fixedDelay must be at least 1ms");
-        }
         Some((fixed, share(cx, &df, d.percentage, d.percent, "delayed")))
     });
     let abort = f.abort.as_ref().and_then(|a| {
@@ -922,6 +1078,16 @@ fn http_fault(cx: &mut Cx, field: &FieldPath, f: &wire::HttpFault) -> Option<Fau
                     return None;
                 }
             },
+            (None, Some(grpc), None) if !GRPC_STATUSES.contains(&grpc.as_str()) => {
+                cx.error(
+                    &af.key("grpcStatus"),
+                    format!(
+                        "`{grpc}` is not a gRPC status; use one of {}",
+                        GRPC_STATUSES.join(", ")
+                    ),
+                );
+                return None;
+            }
             (None, Some(grpc), None) => FaultAbort::Grpc(grpc.clone()),
             (None, None, Some(_)) => {
                 cx.error(
@@ -975,6 +1141,12 @@ fn mirrors(cx: &mut Cx, field: &FieldPath, r: &wire::HttpRoute, ns: &str) -> Vec
             percentage,
         }];
     }
+    if let Some(p) = r.mirror_percentage {
+        cx.percent(&field.key("mirrorPercentage").key("value"), p.value);
+    }
+    if let Some(p) = r.mirror_percent {
+        cx.percent(&field.key("mirrorPercent"), f64::from(p));
+    }
     if r.mirror_percentage.is_some() || r.mirror_percent.is_some() {
         cx.warn(
             &field.key("mirrorPercentage"),
@@ -1026,19 +1198,72 @@ fn cors_policy(cx: &mut Cx, field: &FieldPath, c: &wire::CorsPolicy) -> CorsPoli
             true
         }
     };
+    for (i, m) in c.allow_origins.iter().enumerate() {
+        let empty = [&m.exact, &m.prefix, &m.regex]
+            .iter()
+            .all(|v| v.as_deref().is_none_or(str::is_empty));
+        if empty {
+            cx.error(
+                &field.key("allowOrigins").index(i),
+                "an allowed origin needs a non-empty exact, prefix or regex",
+            );
+        }
+    }
+    for (i, method) in c.allow_methods.iter().enumerate() {
+        if !CORS_METHODS.contains(&method.as_str()) {
+            cx.error(
+                &field.key("allowMethods").index(i),
+                format!("`{method}` is not an HTTP method (GET, HEAD, POST, PUT, PATCH, DELETE, CONNECT, OPTIONS, TRACE or *)"),
+            );
+        }
+    }
+    for key in ["allowHeaders", "exposeHeaders"] {
+        let names = if key == "allowHeaders" {
+            &c.allow_headers
+        } else {
+            &c.expose_headers
+        };
+        for (i, name) in names.iter().enumerate() {
+            if name != "*" && http_token(name).is_err() {
+                cx.error(
+                    &field.key(key).index(i),
+                    format!("`{name}` is not a valid header name"),
+                );
+            }
+        }
+    }
+    let max_age = cx.envoy_duration(&field.key("maxAge"), &c.max_age);
+    if max_age.is_some_and(|d| d.subsec_nanos() != 0) {
+        cx.error(
+            &field.key("maxAge"),
+            "maxAge is sent in whole seconds; give it in seconds",
+        );
+    }
     CorsPolicy {
         allow_origins,
         allow_methods: c.allow_methods.clone(),
         allow_headers: c.allow_headers.clone(),
         expose_headers: c.expose_headers.clone(),
-        max_age: cx.duration(&field.key("maxAge"), &c.max_age),
+        max_age,
         allow_credentials: c.allow_credentials.unwrap_or(false),
         forward_unmatched_preflights,
     }
 }
 
 fn http_rewrite(cx: &mut Cx, field: &FieldPath, r: &wire::HttpRewrite) -> Option<Rewrite> {
-    let uri = match (&r.uri, &r.uri_regex_rewrite) {
+    // proto3 reads an empty string as unset.
+    let uri_text = r.uri.clone().filter(|u| !u.is_empty());
+    let authority = r.authority.clone().filter(|a| !a.is_empty());
+    if let Some(rx) = &r.uri_regex_rewrite {
+        if rx.pattern.is_empty() || rx.rewrite.is_empty() {
+            cx.error(
+                &field.key("uriRegexRewrite"),
+                "uriRegexRewrite needs both match and rewrite",
+            );
+            return None;
+        }
+    }
+    let uri = match (&uri_text, &r.uri_regex_rewrite) {
         (Some(_), Some(_)) => {
             cx.error(field, "uri and uriRegexRewrite cannot both be set");
             return None;
@@ -1066,16 +1291,14 @@ fn http_rewrite(cx: &mut Cx, field: &FieldPath, r: &wire::HttpRewrite) -> Option
         }
         (None, None) => None,
     };
-    if uri.is_none() && r.authority.is_none() {
-        cx.warn(
+    if uri.is_none() && authority.is_none() {
+        cx.error(
             field,
-            "rewrite changes nothing: set uri, uriRegexRewrite or authority",
+            "rewrite must set at least one of uri, uriRegexRewrite or authority",
         );
+        return None;
     }
-    Some(Rewrite {
-        uri,
-        authority: r.authority.clone(),
-    })
+    Some(Rewrite { uri, authority })
 }
 
 /// The seed's `_collect_experiment_metrics` queries, made to return one number per
@@ -1132,23 +1355,33 @@ fn http_redirect(
     r: &wire::HttpRedirect,
     matches: &[wire::HttpMatchRequest],
 ) -> Option<RouteAction> {
-    let uri = match (&r.uri, &r.prefix_rewrite) {
+    // proto3 reads an empty string as unset.
+    let set = |v: &Option<String>| v.clone().filter(|s| !s.is_empty());
+    let (uri_text, prefix_rewrite, authority, scheme) = (
+        set(&r.uri),
+        set(&r.prefix_rewrite),
+        set(&r.authority),
+        set(&r.scheme),
+    );
+    let uri = match (uri_text, prefix_rewrite) {
         (Some(_), Some(_)) => {
             cx.error(field, "uri and prefixRewrite cannot both be set");
             None
         }
-        (Some(u), None) => Some(UriRedirect::Replace(u.clone())),
+        (Some(u), None) => Some(UriRedirect::Replace(u)),
         (None, Some(p)) => {
+            // A match with no uri is fine; a uri match must be a prefix for the prefix
+            // to be replaced.
             if matches
                 .iter()
-                .any(|m| m.uri.as_ref().is_none_or(|u| u.prefix.is_none()))
+                .any(|m| m.uri.as_ref().is_some_and(|u| u.prefix.is_none()))
             {
                 cx.error(
                     &field.key("prefixRewrite"),
-                    "prefixRewrite needs every match to be a uri prefix match",
+                    "prefixRewrite needs every uri match to be a prefix match",
                 );
             }
-            Some(UriRedirect::PrefixRewrite(p.clone()))
+            Some(UriRedirect::PrefixRewrite(p))
         }
         (None, None) => None,
     };
@@ -1169,7 +1402,7 @@ fn http_redirect(
         }
         (None, None) => None,
     };
-    if let Some(scheme) = &r.scheme {
+    if let Some(scheme) = &scheme {
         if scheme != "http" && scheme != "https" {
             cx.error(
                 &field.key("scheme"),
@@ -1177,7 +1410,7 @@ fn http_redirect(
             );
         }
     }
-    if uri.is_none() && r.authority.is_none() && port.is_none() && r.scheme.is_none() {
+    if uri.is_none() && authority.is_none() && port.is_none() && scheme.is_none() {
         cx.error(
             field,
             "redirect must set at least one of uri, prefixRewrite, authority, port or scheme",
@@ -1196,9 +1429,9 @@ fn http_redirect(
     };
     Some(RouteAction::Redirect(Redirect {
         uri,
-        authority: r.authority.clone(),
+        authority,
         port,
-        scheme: r.scheme.clone(),
+        scheme,
         code,
     }))
 }
@@ -1379,6 +1612,26 @@ fn traffic_policy(
     let Some(p) = p else {
         return TrafficPolicy::default();
     };
+    let empty = p.load_balancer.is_none()
+        && p.connection_pool.is_none()
+        && p.outlier_detection.is_none()
+        && p.tls.is_none()
+        && p.port_level_settings.is_none()
+        && p.tunnel.is_none()
+        && p.proxy_protocol.is_none()
+        && p.retry_budget.is_none();
+    if empty {
+        cx.error(field, "trafficPolicy must set at least one field");
+    }
+    if p.tunnel.is_some() && p.proxy_protocol.is_some() {
+        cx.error(field, "tunnel and proxyProtocol cannot both be set");
+    }
+    if let Some(tls) = &p.tls {
+        client_tls(cx, &field.key("tls"), tls);
+    }
+    if let Some(settings) = &p.port_level_settings {
+        port_level_settings(cx, &field.key("portLevelSettings"), settings);
+    }
     for (value, key) in [
         (&p.tls, "tls"),
         (&p.port_level_settings, "portLevelSettings"),
@@ -1406,6 +1659,52 @@ fn traffic_policy(
     }
 }
 
+/// What Istio checks of a client TLS section abgate otherwise leaves alone.
+fn client_tls(cx: &mut Cx, field: &FieldPath, tls: &serde_json::Value) {
+    let text = |key: &str| tls.get(key).and_then(|v| v.as_str()).unwrap_or("");
+    let skip_verify = tls.get("insecureSkipVerify").and_then(|v| v.as_bool()) == Some(true);
+    if !skip_verify {
+        return;
+    }
+    let sans = tls.get("subjectAltNames").is_some_and(|v| !v.is_null());
+    let conflict = match text("mode") {
+        "SIMPLE" => {
+            !text("caCertificates").is_empty() || !text("credentialName").is_empty() || sans
+        }
+        "MUTUAL" => !text("caCertificates").is_empty() || sans,
+        _ => false,
+    };
+    if conflict {
+        cx.error(
+            &field.key("insecureSkipVerify"),
+            "insecureSkipVerify cannot be combined with caCertificates, credentialName (SIMPLE) or subjectAltNames: there is nothing to verify against",
+        );
+    }
+}
+
+/// Istio's checks of per-port policies, which abgate does not apply.
+fn port_level_settings(cx: &mut Cx, field: &FieldPath, settings: &serde_json::Value) {
+    let Some(items) = settings.as_array() else {
+        return;
+    };
+    for (i, item) in items.iter().enumerate() {
+        let f = field.index(i);
+        if item.get("port").is_none_or(|p| p.is_null()) {
+            cx.error(&f, "a port-level policy needs port.number");
+        }
+        let sections = ["loadBalancer", "connectionPool", "outlierDetection", "tls"];
+        if !sections
+            .iter()
+            .any(|k| item.get(*k).is_some_and(|v| !v.is_null()))
+        {
+            cx.error(
+                &f,
+                "a port-level policy must set loadBalancer, connectionPool, outlierDetection or tls",
+            );
+        }
+    }
+}
+
 fn load_balancer(
     cx: &mut Cx,
     field: &FieldPath,
@@ -1417,8 +1716,19 @@ fn load_balancer(
         (&lb.warmup, "warmup"),
     ] {
         if value.is_some() {
-            cx.unsupported(&field.key(key), key);
+            let what = if key == "zoneAwareLbSetting" {
+                "zoneAwareLbSetting (added in Istio 1.31)"
+            } else {
+                key
+            };
+            cx.unsupported(&field.key(key), what);
         }
+    }
+    if lb.locality_lb_setting.is_some() && lb.zone_aware_lb_setting.is_some() {
+        cx.error(
+            field,
+            "localityLbSetting and zoneAwareLbSetting cannot both be set",
+        );
     }
     if lb.warmup_duration_secs.is_some() {
         cx.unsupported(&field.key("warmupDurationSecs"), "warmupDurationSecs");
@@ -1477,6 +1787,16 @@ fn consistent_hash(
                 "cookie name is required",
             );
         }
+        let mut names = BTreeSet::new();
+        for (i, attribute) in c.attributes.iter().enumerate() {
+            let f = field.key("httpCookie").key("attributes").index(i);
+            let name = attribute.get("name").and_then(|n| n.as_str()).unwrap_or("");
+            if name.is_empty() {
+                cx.error(&f, "a cookie attribute needs a name");
+            } else if !names.insert(name.to_owned()) {
+                cx.error(&f, format!("cookie attribute `{name}` is given twice"));
+            }
+        }
         HashKey::Cookie {
             name: c.name.clone(),
             path: c.path.clone(),
@@ -1492,6 +1812,12 @@ fn consistent_hash(
             &field.key("minimumRingSize"),
             "minimumRingSize is deprecated; use ringHash.minimumRingSize",
         );
+        if ch.ring_hash.is_some() || ch.maglev.is_some() {
+            cx.error(
+                &field.key("minimumRingSize"),
+                "minimumRingSize cannot be combined with ringHash or maglev",
+            );
+        }
     }
     let algorithm = match (&ch.ring_hash, &ch.maglev) {
         (Some(_), Some(_)) => {
@@ -1499,8 +1825,18 @@ fn consistent_hash(
             return None;
         }
         (None, Some(m)) => {
-            let table_size = m.table_size.unwrap_or(65537);
-            if !is_prime(table_size) {
+            let table_size = m.table_size.unwrap_or(0);
+            if table_size == 0 {
+                cx.error(
+                    &field.key("maglev").key("tableSize"),
+                    "maglev needs tableSize",
+                );
+            } else if table_size >= 5_000_011 {
+                cx.error(
+                    &field.key("maglev").key("tableSize"),
+                    "maglev tableSize must be below 5000011",
+                );
+            } else if !is_prime(table_size) {
                 cx.error(
                     &field.key("maglev").key("tableSize"),
                     format!("maglev tableSize must be prime, got {table_size}"),
@@ -1535,24 +1871,33 @@ fn connection_pool(
     c: &wire::ConnectionPoolSettings,
 ) -> ConnectionPool {
     let mut pool = ConnectionPool::default();
+    if c.tcp.is_none() && c.http.is_none() {
+        cx.error(field, "connectionPool must set tcp, http or both");
+    }
     if let Some(tcp) = &c.tcp {
         let f = field.key("tcp");
         pool.max_connections = cx.nonneg_u32(&f.key("maxConnections"), tcp.max_connections);
-        pool.connect_timeout = cx.duration(&f.key("connectTimeout"), &tcp.connect_timeout);
-        if pool.connect_timeout.is_some_and(|d| d.is_zero()) {
-            cx.error(&f.key("connectTimeout"), "connectTimeout must be positive");
-        }
+        pool.connect_timeout = cx.envoy_duration(&f.key("connectTimeout"), &tcp.connect_timeout);
         if let Some(k) = &tcp.tcp_keepalive {
-            pool.tcp_keepalive_time = cx.duration(&f.key("tcpKeepalive").key("time"), &k.time);
+            pool.tcp_keepalive_time =
+                cx.envoy_duration(&f.key("tcpKeepalive").key("time"), &k.time);
             pool.tcp_keepalive_interval =
-                cx.duration(&f.key("tcpKeepalive").key("interval"), &k.interval);
+                cx.envoy_duration(&f.key("tcpKeepalive").key("interval"), &k.interval);
             pool.tcp_keepalive_probes = k.probes;
         }
         if tcp.max_connection_duration.is_some() {
+            cx.envoy_duration(
+                &f.key("maxConnectionDuration"),
+                &tcp.max_connection_duration,
+            );
             cx.unsupported(&f.key("maxConnectionDuration"), "maxConnectionDuration");
         }
-        if let Some(idle) = cx.duration(&f.key("idleTimeout"), &tcp.idle_timeout) {
-            pool.idle_timeout = Some(idle);
+        // `0s` turns the idle timeout off.
+        let idle = cx.duration(&f.key("idleTimeout"), &tcp.idle_timeout);
+        if idle.is_some_and(|d| !d.is_zero()) {
+            pool.idle_timeout = cx.envoy_duration(&f.key("idleTimeout"), &tcp.idle_timeout);
+        } else if idle.is_some() {
+            pool.idle_timeout = idle;
         }
     }
     if let Some(http) = &c.http {
@@ -1570,8 +1915,27 @@ fn connection_pool(
         pool.max_retries = cx.nonneg_u32(&f.key("maxRetries"), http.max_retries);
         pool.max_concurrent_streams =
             cx.nonneg_u32(&f.key("maxConcurrentStreams"), http.max_concurrent_streams);
-        if let Some(idle) = cx.duration(&f.key("idleTimeout"), &http.idle_timeout) {
+        if let Some(idle) = cx.envoy_duration(&f.key("idleTimeout"), &http.idle_timeout) {
             pool.idle_timeout = Some(idle);
+        }
+        if let Some(k) = &http.http2_keep_alive {
+            let kf = f.key("http2KeepAlive");
+            for (key, value) in [("interval", &k.interval), ("timeout", &k.timeout)] {
+                if value.is_none() {
+                    cx.error(&kf, format!("http2KeepAlive needs {key}"));
+                } else {
+                    cx.envoy_duration(&kf.key(key), value);
+                }
+            }
+            cx.unsupported(&kf, "http2KeepAlive (added in Istio 1.31)");
+        }
+        if http.h2_upgrade_policy.as_deref() == Some("UPGRADE")
+            && http.use_client_protocol == Some(true)
+        {
+            cx.error(
+                &f.key("useClientProtocol"),
+                "useClientProtocol cannot be true when h2UpgradePolicy is UPGRADE",
+            );
         }
         match http.h2_upgrade_policy.as_deref() {
             None | Some("DEFAULT" | "DO_NOT_UPGRADE") => {}
@@ -1610,12 +1974,23 @@ fn outlier_detection(
             }
         }
     };
-    let interval = cx
-        .duration(&field.key("interval"), &o.interval)
-        .unwrap_or(Duration::from_secs(10));
-    if interval.is_zero() {
-        cx.error(&field.key("interval"), "interval must be positive");
+    if o.consecutive_local_origin_failures.is_some_and(|n| n > 0)
+        && o.split_external_local_origin_errors != Some(true)
+    {
+        cx.error(
+            &field.key("consecutiveLocalOriginFailures"),
+            "consecutiveLocalOriginFailures needs splitExternalLocalOriginErrors: true",
+        );
     }
+    if o.outlier_detection_http_error_codes.is_some() {
+        cx.unsupported(
+            &field.key("outlierDetectionHttpErrorCodes"),
+            "outlierDetectionHttpErrorCodes (added in Istio 1.31)",
+        );
+    }
+    let interval = cx
+        .envoy_duration(&field.key("interval"), &o.interval)
+        .unwrap_or(Duration::from_secs(10));
     OutlierDetection {
         consecutive_5xx_errors: cx
             .nonneg_u32(&field.key("consecutive5xxErrors"), o.consecutive5xx_errors)
@@ -1628,7 +2003,7 @@ fn outlier_detection(
             .unwrap_or(0),
         interval,
         base_ejection_time: cx
-            .duration(&field.key("baseEjectionTime"), &o.base_ejection_time)
+            .envoy_duration(&field.key("baseEjectionTime"), &o.base_ejection_time)
             .unwrap_or(Duration::from_secs(30)),
         max_ejection_percent: pct(cx, "maxEjectionPercent", o.max_ejection_percent, 10),
         min_health_percent: pct(cx, "minHealthPercent", o.min_health_percent, 0),
@@ -1643,7 +2018,17 @@ fn gateway(cx: &mut Cx, meta: Meta, spec: wire::GatewaySpec) -> Gateway {
     if spec.servers.is_empty() {
         cx.error(&spec_path.key("servers"), "at least one server is required");
     }
+    if !syntax::is_dns1123_label(&meta.name) {
+        cx.error(
+            &FieldPath::parse("metadata.name"),
+            format!(
+                "`{}` is not a valid Gateway name (a DNS-1123 label, no dots)",
+                meta.name
+            ),
+        );
+    }
     let mut names = BTreeSet::new();
+    let mut port_names = BTreeSet::new();
     let servers = spec
         .servers
         .iter()
@@ -1657,6 +2042,16 @@ fn gateway(cx: &mut Cx, meta: Meta, spec: wire::GatewaySpec) -> Gateway {
                         format!("server name `{name}` is used twice"),
                     );
                 }
+            }
+            match s.port.name.as_deref() {
+                None | Some("") => cx.error(&f.key("port"), "port.name is required"),
+                Some(name) if !port_names.insert(name.to_owned()) => cx.error(
+                    &f.key("port").key("name"),
+                    format!(
+                        "port name `{name}` is used by another server; port names must be unique"
+                    ),
+                ),
+                Some(_) => {}
             }
             server(cx, &f, i, s)
         })
@@ -1692,6 +2087,22 @@ fn server(cx: &mut Cx, field: &FieldPath, index: usize, s: &wire::Server) -> Opt
     if s.hosts.is_empty() {
         cx.error(&field.key("hosts"), "at least one host is required");
     }
+    for (i, host) in s.hosts.iter().enumerate() {
+        if let Err(reason) = syntax::check_gateway_host(host) {
+            cx.error(&field.key("hosts").index(i), reason);
+        }
+    }
+    if let Some(bind) = s.bind.as_deref().filter(|b| !b.is_empty()) {
+        if !bind.starts_with("unix://") && !syntax::is_ip(bind) {
+            cx.error(&field.key("bind"), format!("`{bind}` is not an IP address"));
+        }
+    }
+    if s.port.target_port.is_some() {
+        cx.error(
+            &field.key("port").key("targetPort"),
+            "targetPort has no effect on a Gateway",
+        );
+    }
     let hosts = s
         .hosts
         .iter()
@@ -1705,8 +2116,45 @@ fn server(cx: &mut Cx, field: &FieldPath, index: usize, s: &wire::Server) -> Opt
         .tls
         .as_ref()
         .and_then(|t| server_tls(cx, &field.key("tls"), t));
-    if protocol == Protocol::Https && tls.as_ref().and_then(|t| t.mode).is_none() {
-        cx.error(&field.key("tls"), "an HTTPS server needs tls with a mode");
+    match (&s.tls, protocol) {
+        (None, Protocol::Https | Protocol::Tls) => {
+            cx.error(
+                field,
+                format!("a {} server needs tls settings", s.port.protocol),
+            );
+        }
+        (Some(t), Protocol::Https | Protocol::Tls) if t.mode.is_none() => {
+            // Istio's default mode is PASSTHROUGH.
+            if t.https_redirect {
+                cx.warn(
+                    &field.key("tls").key("httpsRedirect"),
+                    "httpsRedirect belongs on an HTTP server; this HTTPS server has no tls mode, which Istio reads as PASSTHROUGH",
+                );
+            }
+            cx.unsupported(
+                &field.key("tls"),
+                "an HTTPS server with no tls mode (PASSTHROUGH)",
+            );
+        }
+        (Some(t), Protocol::Http | Protocol::Http2 | Protocol::Grpc) => {
+            let passthrough = matches!(
+                t.mode.as_deref(),
+                None | Some("PASSTHROUGH" | "AUTO_PASSTHROUGH")
+            );
+            let files = [&t.ca_certificates, &t.private_key, &t.server_certificate]
+                .iter()
+                .any(|v| v.as_deref().is_some_and(|s| !s.is_empty()));
+            if !passthrough || files {
+                cx.error(
+                    &field.key("tls"),
+                    "a plain-text HTTP server can only have tls.httpsRedirect",
+                );
+            }
+        }
+        (Some(_), Protocol::Tcp) => {
+            cx.error(&field.key("tls"), "a TCP server cannot have tls settings");
+        }
+        _ => {}
     }
     Some(GatewayServer {
         index,
@@ -1735,6 +2183,56 @@ fn server_tls(cx: &mut Cx, field: &FieldPath, t: &wire::ServerTls) -> Option<Ser
     };
     if let Some(m) = mode.filter(|m| *m != TlsMode::Simple) {
         cx.unsupported(&field.key("mode"), &format!("TLS mode {m:?}"));
+    }
+    let mut bad_name = false;
+    let names = t
+        .credential_name
+        .iter()
+        .map(|n| (field.key("credentialName"), n))
+        .chain(
+            t.credential_names
+                .iter()
+                .enumerate()
+                .map(|(i, n)| (field.key("credentialNames").index(i), n)),
+        );
+    for (f, name) in names.collect::<Vec<_>>() {
+        if let Err(reason) = syntax::check_credential_name(name) {
+            cx.error(&f, reason);
+            bad_name = true;
+        }
+    }
+    if bad_name {
+        return None;
+    }
+    if t.credential_name.is_some() && !t.credential_names.is_empty() {
+        cx.error(
+            field,
+            "credentialName and credentialNames cannot both be set",
+        );
+        return None;
+    }
+    if mode == Some(TlsMode::IstioMutual)
+        && (t.credential_name.is_some()
+            || !t.credential_names.is_empty()
+            || t.server_certificate.is_some()
+            || t.private_key.is_some()
+            || t.ca_certificates.is_some())
+    {
+        cx.error(
+            field,
+            "ISTIO_MUTUAL uses the mesh's certificates; it cannot name credentials or files",
+        );
+        return None;
+    }
+    if matches!(mode, Some(TlsMode::Mutual | TlsMode::OptionalMutual))
+        && t.credential_name.is_none()
+        && t.credential_names.is_empty()
+        && t.ca_certificates.is_none()
+    {
+        cx.error(
+            field,
+            "MUTUAL TLS needs caCertificates (or a credentialName holding the CA)",
+        );
     }
     let credential = match (&t.credential_name, &t.server_certificate, &t.private_key) {
         (Some(name), None, None) => Some(Credential::Named(name.clone())),
@@ -1779,17 +2277,42 @@ fn server_tls(cx: &mut Cx, field: &FieldPath, t: &wire::ServerTls) -> Option<Ser
 
 fn service_entry(cx: &mut Cx, meta: Meta, spec: wire::ServiceEntrySpec) -> ServiceEntry {
     let spec_path = FieldPath::root().key("spec");
+    let ns = meta.namespace.clone();
     if spec.hosts.is_empty() {
         cx.error(&spec_path.key("hosts"), "at least one host is required");
     }
-    if let Some(res) = &spec.resolution {
+    let resolution = spec.resolution.as_deref();
+    if let Some(res) = resolution {
         if !matches!(
-            res.as_str(),
+            res,
             "NONE" | "STATIC" | "DNS" | "DNS_ROUND_ROBIN" | "DYNAMIC_DNS"
         ) {
             cx.error(
                 &spec_path.key("resolution"),
                 format!("`{res}` is not NONE, STATIC, DNS, DNS_ROUND_ROBIN or DYNAMIC_DNS"),
+            );
+        }
+    }
+    for (i, host) in spec.hosts.iter().enumerate() {
+        let f = spec_path.key("hosts").index(i);
+        if host == "*" {
+            cx.error(&f, "a ServiceEntry cannot serve every host (`*`)");
+            continue;
+        }
+        if let Err(reason) = syntax::check_wildcard_domain(host) {
+            cx.error(&f, reason);
+            continue;
+        }
+        if resolution != Some("DYNAMIC_DNS") {
+            if let Err(reason) = syntax::check_no_partial_wildcard(host) {
+                cx.warn(&f, reason);
+            }
+        }
+        if !host.contains('.') && !host.starts_with('*') {
+            let fqdn = resolve_host(host, &ns);
+            cx.diverges(
+                &f,
+                format!("short host `{host}` is read in this ServiceEntry's namespace as {fqdn}, as `istioctl analyze` reads it; Istio's control plane takes a ServiceEntry host literally, so in a cluster routes to `{host}` would not reach this entry: write `{fqdn}`"),
             );
         }
     }
@@ -1801,18 +2324,49 @@ fn service_entry(cx: &mut Cx, meta: Meta, spec: wire::ServiceEntrySpec) -> Servi
             );
         }
     }
+    for (i, address) in spec.addresses.iter().enumerate() {
+        let valid = match address.split_once('/') {
+            Some((ip, bits)) => {
+                syntax::is_ip(ip)
+                    && bits
+                        .parse::<u8>()
+                        .is_ok_and(|b| b <= if ip.contains(':') { 128 } else { 32 })
+            }
+            None => syntax::is_ip(address),
+        };
+        if !valid {
+            cx.error(
+                &spec_path.key("addresses").index(i),
+                format!("`{address}` is not an IP address or CIDR block"),
+            );
+        }
+    }
     if spec.workload_selector.is_some() && !spec.endpoints.is_empty() {
         cx.error(
             &spec_path.key("workloadSelector"),
             "workloadSelector and endpoints cannot both be set",
         );
     }
+    let mut port_names = BTreeSet::new();
+    let mut port_numbers = BTreeSet::new();
     let ports = spec
         .ports
         .iter()
         .enumerate()
         .map(|(i, p)| {
             let f = spec_path.key("ports").index(i);
+            if !port_names.insert(p.name.clone()) {
+                cx.error(
+                    &f.key("name"),
+                    format!("port name `{}` is defined twice", p.name),
+                );
+            }
+            if !port_numbers.insert(p.number) {
+                cx.error(
+                    &f.key("number"),
+                    format!("port {} is defined twice", p.number),
+                );
+            }
             ServicePort {
                 number: cx.port(&f.key("number"), p.number),
                 protocol: p.protocol.clone(),
@@ -1821,14 +2375,81 @@ fn service_entry(cx: &mut Cx, meta: Meta, spec: wire::ServiceEntrySpec) -> Servi
             }
         })
         .collect();
+    let endpoints_path = spec_path.key("endpoints");
+    match resolution {
+        Some("NONE") if !spec.endpoints.is_empty() => cx.error(
+            &endpoints_path,
+            "resolution NONE takes no endpoints; use STATIC for IP endpoints or DNS for host names",
+        ),
+        None if !spec.endpoints.is_empty() => cx.diverges(
+            &spec_path.key("endpoints"),
+            "no resolution is given: abgate takes these endpoints as STATIC, but Istio reads a missing resolution as NONE and rejects endpoints with it; write `resolution: STATIC` (or DNS)",
+        ),
+        Some("DNS" | "DNS_ROUND_ROBIN") if spec.endpoints.is_empty() => {
+            if let Some((i, reason)) = spec
+                .hosts
+                .iter()
+                .enumerate()
+                .find_map(|(i, h)| syntax::check_fqdn(h).err().map(|e| (i, e)))
+            {
+                cx.error(
+                    &spec_path.key("hosts").index(i),
+                    format!("with resolution {} and no endpoints the hosts are resolved in DNS, so each must be fully qualified without wildcards: {reason}", resolution.unwrap_or_default()),
+                );
+            }
+        }
+        Some("DYNAMIC_DNS") if !spec.endpoints.is_empty() => cx.error(
+            &endpoints_path,
+            "resolution DYNAMIC_DNS takes no endpoints: the destination comes from the request's host",
+        ),
+        _ => {}
+    }
+    if resolution == Some("DNS_ROUND_ROBIN") && spec.endpoints.len() > 1 {
+        cx.error(
+            &endpoints_path,
+            "resolution DNS_ROUND_ROBIN takes at most one endpoint",
+        );
+    }
+    let checks_ports = matches!(
+        resolution,
+        None | Some("STATIC" | "DNS" | "DNS_ROUND_ROBIN")
+    );
+    for (i, e) in spec.endpoints.iter().enumerate() {
+        let f = endpoints_path.index(i);
+        let address = e.address.as_str();
+        let ip_only = matches!(resolution, None | Some("STATIC"));
+        if !address.is_empty() && !address.starts_with("unix://") && !syntax::is_ip(address) {
+            if ip_only {
+                cx.error(
+                    &f.key("address"),
+                    format!("`{address}` is not an IP address; resolution STATIC needs IP endpoints (use DNS for host names)"),
+                );
+            } else if let Err(reason) = syntax::check_fqdn(address) {
+                cx.error(
+                    &f.key("address"),
+                    format!("`{address}` is not an IP address or host name: {reason}"),
+                );
+            }
+        }
+        if checks_ports {
+            for name in e.ports.keys() {
+                if !spec.ports.iter().any(|p| &p.name == name) {
+                    cx.error(
+                        &f.key("ports").key(name),
+                        format!("port `{name}` is not one of this ServiceEntry's ports"),
+                    );
+                }
+            }
+        }
+    }
     let endpoints = spec
         .endpoints
         .into_iter()
         .enumerate()
-        .map(|(i, e)| endpoint(cx, &spec_path.key("endpoints").index(i), e))
+        .map(|(i, e)| endpoint(cx, &endpoints_path.index(i), e))
         .collect();
     ServiceEntry {
-        hosts: spec.hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
+        hosts: spec.hosts.iter().map(|h| resolve_host(h, &ns)).collect(),
         ports,
         endpoints,
         workload_selector: spec.workload_selector.map(|w| w.labels),

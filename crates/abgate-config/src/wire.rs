@@ -130,7 +130,8 @@ pub struct HttpRoute {
     pub mirrors: Vec<HttpMirrorPolicy>,
     /// Share of traffic mirrored to `mirror`.
     pub mirror_percentage: Option<Percent>,
-    /// Deprecated integer form of `mirrorPercentage`.
+    /// Deprecated integer form of `mirrorPercentage` (also spelt `mirror_percent`).
+    #[serde(alias = "mirror_percent")]
     pub mirror_percent: Option<u32>,
     /// CORS policy.
     pub cors_policy: Option<CorsPolicy>,
@@ -571,6 +572,18 @@ pub struct HttpSettings {
     pub use_client_protocol: Option<bool>,
     /// HTTP/2 streams per connection.
     pub max_concurrent_streams: Option<i64>,
+    /// HTTP/2 keepalive pings (added in Istio 1.31).
+    pub http2_keep_alive: Option<Http2KeepAlive>,
+}
+
+/// HTTP/2 keepalive pings.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Http2KeepAlive {
+    /// Between pings.
+    pub interval: Option<String>,
+    /// How long to wait for the answer.
+    pub timeout: Option<String>,
 }
 
 /// Outlier detection.
@@ -595,6 +608,8 @@ pub struct OutlierDetection {
     pub max_ejection_percent: Option<i64>,
     /// Below this healthy share, ejection stops (default 0).
     pub min_health_percent: Option<i64>,
+    /// Status codes counted as errors (added in Istio 1.31; not handled by abgate).
+    pub outlier_detection_http_error_codes: Option<Value>,
 }
 
 // ---------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 
+use abgate_config::model::RouteAction;
 use abgate_config::{Diagnostic, Loaded, Severity};
 
 const SERVICE: &str = "base-service.yaml";
@@ -563,4 +564,264 @@ fn every_diagnostic_names_file_line_kind_and_field_in_text() {
         line_of("negative-weight.yaml", "MARK")
     );
     assert!(line.starts_with(&expected_prefix), "{line}");
+}
+
+#[test]
+fn short_service_entry_hosts_resolve_in_their_namespace() {
+    let loaded = load(&["se-short-host.yaml"]);
+    assert_exactly(
+        &loaded,
+        &[(
+            "ABG0005",
+            Warning,
+            "se-short-host.yaml",
+            "MARK",
+            "spec.hosts[0]",
+        )],
+    );
+    let warning = message_of(&loaded, "ABG0005");
+    assert!(
+        warning.contains("chat-model.default.svc.cluster.local"),
+        "names the fully qualified form: {warning}"
+    );
+    let endpoints = loaded
+        .config
+        .subset_endpoints("chat-model.default.svc.cluster.local", None)
+        .expect("the short host is served under its full name");
+    assert_eq!(endpoints.len(), 1);
+}
+
+#[test]
+fn credential_names_are_secret_references() {
+    let loaded = load(&["credential-name.yaml"]);
+    let file = "credential-name.yaml";
+    assert_exactly(
+        &loaded,
+        &[
+            (
+                "IST0106",
+                Error,
+                file,
+                "MARK-DOTDOT",
+                "spec.servers[0].tls.credentialName",
+            ),
+            (
+                "IST0106",
+                Error,
+                file,
+                "MARK-CHARS",
+                "spec.servers[0].tls.credentialNames[0]",
+            ),
+        ],
+    );
+    let names: Vec<_> = loaded
+        .config
+        .gateways
+        .iter()
+        .map(|g| g.meta.name.as_str())
+        .collect();
+    assert_eq!(names, ["fine"], "only the valid reference takes effect");
+}
+
+#[test]
+fn endpoints_on_the_gateways_own_listener() {
+    let loaded = load(&["own-listener.yaml"]);
+    let file = "own-listener.yaml";
+    assert_exactly(
+        &loaded,
+        &[
+            (
+                "ABG0032",
+                Warning,
+                file,
+                "MARK-SE",
+                "spec.endpoints[0].address",
+            ),
+            ("ABG0032", Warning, file, "MARK-WE", "spec.address"),
+        ],
+    );
+    assert!(message_of(&loaded, "ABG0032").contains("127.0.0.1:8080"));
+}
+
+#[test]
+fn configurations_istio_accepts_load() {
+    let loaded = load(&[SERVICE, "istio-accepts.yaml"]);
+    let file = "istio-accepts.yaml";
+    assert_exactly(
+        &loaded,
+        &[
+            ("ABG0005", Warning, file, "MARK-STAR", "spec.hosts[0]"),
+            (
+                "ABG0004",
+                Info,
+                file,
+                "MARK-KEEPALIVE",
+                "spec.trafficPolicy.connectionPool.http.http2KeepAlive",
+            ),
+            (
+                "IST0133",
+                Warning,
+                file,
+                "MARK-REDIRECT",
+                "spec.servers[0].tls.httpsRedirect",
+            ),
+            ("ABG0004", Info, file, "MARK-NOMODE", "spec.servers[0].tls"),
+        ],
+    );
+    assert!(message_of(&loaded, "ABG0004").contains("Istio 1.31"));
+    let config = &loaded.config;
+    assert_eq!(config.virtual_services.len(), 3);
+    let authority = &config.virtual_services[0].http[0];
+    assert_eq!(
+        authority.headers.request.authority.as_deref(),
+        Some("upstream.example.com")
+    );
+    let RouteAction::Forward(dests) = &authority.action else {
+        panic!("a forward rule");
+    };
+    assert_eq!(
+        dests[0].headers.request.authority.as_deref(),
+        Some("v1.example.com")
+    );
+}
+
+#[test]
+fn virtual_service_values_istio_rejects() {
+    let loaded = load(&[SERVICE, "vs-invalid.yaml"]);
+    let file = "vs-invalid.yaml";
+    let e = |marker, field| ("IST0106", Error, file, marker, field);
+    assert_exactly(
+        &loaded,
+        &[
+            e("MARK-DUP", "spec.hosts[1]"),
+            e("MARK-HOST", "spec.hosts[0]"),
+            e("MARK-GW0", "spec.gateways[0]"),
+            e("MARK-GW1", "spec.gateways[1]"),
+            e("MARK-GW2", "spec.gateways[2]"),
+            e("MARK-PCT", "spec.http[0].headers.response.set.x-share"),
+            e("MARK-METHOD", "spec.http[0].corsPolicy.allowMethods[0]"),
+            e(
+                "MARK-CORS-HEADER",
+                "spec.http[0].corsPolicy.allowHeaders[0]",
+            ),
+            e("MARK-MAXAGE", "spec.http[0].corsPolicy.maxAge"),
+            e("MARK-GRPC", "spec.http[0].fault.abort.grpcStatus"),
+            e("MARK-DELAY", "spec.http[0].fault.delay"),
+            e("MARK-MIRROR-VALUE", "spec.http[0].mirrorPercentage.value"),
+            (
+                "IST0133",
+                Warning,
+                file,
+                "MARK-MIRROR",
+                "spec.http[0].mirrorPercentage",
+            ),
+            e("MARK-ATTEMPTS", "spec.http[0].retries.attempts"),
+            e("MARK-BACKOFF", "spec.http[1].retries.backoff"),
+            e("MARK-REDIRECT", "spec.http[0].redirect"),
+            e(
+                "MARK-AUTHORITY",
+                "spec.http[0].headers.request.set.:authority",
+            ),
+        ],
+    );
+    assert!(
+        loaded.config.virtual_services.is_empty(),
+        "every one is refused"
+    );
+}
+
+#[test]
+fn destination_rule_values_istio_rejects() {
+    let loaded = load(&[SERVICE, "dr-invalid.yaml"]);
+    let file = "dr-invalid.yaml";
+    let e = |marker, field| ("IST0106", Error, file, marker, field);
+    assert_exactly(
+        &loaded,
+        &[
+            e(
+                "MARK-CONNECT",
+                "spec.trafficPolicy.connectionPool.tcp.connectTimeout",
+            ),
+            e(
+                "MARK-EJECT",
+                "spec.trafficPolicy.outlierDetection.baseEjectionTime",
+            ),
+            e("MARK-POOL", "spec.trafficPolicy.connectionPool"),
+            e("MARK-POLICY", "spec.subsets[0].trafficPolicy"),
+            e("MARK-PORTLESS", "spec.trafficPolicy.portLevelSettings[0]"),
+            (
+                "ABG0004",
+                Info,
+                file,
+                "MARK-PLS-FIELD",
+                "spec.trafficPolicy.portLevelSettings",
+            ),
+            e(
+                "MARK-UPGRADE",
+                "spec.trafficPolicy.connectionPool.http.useClientProtocol",
+            ),
+            e(
+                "MARK-COOKIE",
+                "spec.trafficPolicy.loadBalancer.consistentHash.httpCookie.attributes[1]",
+            ),
+            e("MARK-LB", "spec.trafficPolicy.loadBalancer"),
+            (
+                "ABG0004",
+                Info,
+                file,
+                "MARK-LOCALITY",
+                "spec.trafficPolicy.loadBalancer.localityLbSetting",
+            ),
+            (
+                "ABG0004",
+                Info,
+                file,
+                "MARK-ZONE",
+                "spec.trafficPolicy.loadBalancer.zoneAwareLbSetting",
+            ),
+            e(
+                "MARK-LOCAL-ORIGIN",
+                "spec.trafficPolicy.outlierDetection.consecutiveLocalOriginFailures",
+            ),
+            e("MARK-SKIP", "spec.trafficPolicy.tls.insecureSkipVerify"),
+            ("ABG0004", Info, file, "MARK-TLS", "spec.trafficPolicy.tls"),
+        ],
+    );
+    assert!(loaded.config.destination_rules.is_empty());
+}
+
+#[test]
+fn gateway_values_istio_rejects() {
+    let loaded = load(&["gateway-invalid.yaml"]);
+    let file = "gateway-invalid.yaml";
+    let e = |marker, field| ("IST0106", Error, file, marker, field);
+    assert_exactly(
+        &loaded,
+        &[
+            e("MARK-PORT", "spec.servers[1].port.name"),
+            e("MARK-MIDDLE", "spec.servers[0].hosts[0]"),
+            e("MARK-PARTIAL", "spec.servers[0].hosts[1]"),
+            e("MARK-SHORT", "spec.servers[0].hosts[2]"),
+            e("MARK-NS", "spec.servers[0].hosts[3]"),
+        ],
+    );
+}
+
+#[test]
+fn service_entry_values_istio_rejects() {
+    let loaded = load(&["se-invalid.yaml"]);
+    let file = "se-invalid.yaml";
+    let e = |marker, field| ("IST0106", Error, file, marker, field);
+    assert_exactly(
+        &loaded,
+        &[
+            e("MARK-STAR", "spec.hosts[0]"),
+            e("MARK-PORT", "spec.endpoints[0].ports.grpc"),
+            e("MARK-DNS", "spec.hosts[0]"),
+            e("MARK-NONE", "spec.endpoints"),
+            e("MARK-STATIC", "spec.endpoints[0].address"),
+            e("MARK-RR", "spec.endpoints"),
+        ],
+    );
+    assert!(loaded.config.service_entries.is_empty());
 }

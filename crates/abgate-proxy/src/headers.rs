@@ -110,6 +110,7 @@ mod tests {
             set: vec![("x-a".into(), "new".into())],
             add: vec![("x-a".into(), "more".into())],
             remove: vec!["x-gone".into()],
+            authority: None,
         };
         apply_request_ops(&mut headers, &ops);
         let values: Vec<_> = headers.get_all("x-a").iter().collect();

@@ -420,7 +420,14 @@ async fn proxy(
                 (body, _) => body,
             };
             let path = rewritten_path(&route, &parts.uri, matched_block);
-            let rewritten_authority = route.rewrite.as_ref().and_then(|r| r.authority.clone());
+            // `rewrite.authority`, or a `:authority` header rule (the destination's last).
+            let rewritten_authority = target
+                .headers
+                .request
+                .authority
+                .clone()
+                .or_else(|| route.rewrite.as_ref().and_then(|r| r.authority.clone()))
+                .or_else(|| route.headers.request.authority.clone());
             // The Host sent upstream: the client's own header when nothing changes it.
             let host = match (&rewritten_authority, parts.uri.authority()) {
                 (Some(a), _) => HeaderValue::from_str(a).ok(),

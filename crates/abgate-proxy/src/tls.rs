@@ -43,16 +43,31 @@ fn credential_files(
             let dir = certs_dir.ok_or_else(|| {
                 format!("credential {name} needs --certs DIR (looked for DIR/{name}/tls.crt)")
             })?;
-            Ok((
-                dir.join(name).join("tls.crt"),
-                dir.join(name).join("tls.key"),
-            ))
+            let secret = secret_dir(dir, name)?;
+            Ok((secret.join("tls.crt"), secret.join("tls.key")))
         }
         Credential::Files {
             certificate,
             private_key,
         } => Ok((PathBuf::from(certificate), PathBuf::from(private_key))),
     }
+}
+
+/// The directory of a named secret: `<certs>/<name>` or `<certs>/<namespace>/<name>`.
+/// Only a valid Secret reference is taken, and the path is built from plain components
+/// only, so that it cannot leave the certs directory whatever the name holds.
+fn secret_dir(certs_dir: &Path, name: &str) -> Result<PathBuf, String> {
+    abgate_config::syntax::check_credential_name(name)?;
+    let relative = Path::new(name);
+    let plain = relative
+        .components()
+        .all(|c| matches!(c, std::path::Component::Normal(_)));
+    if !plain {
+        return Err(format!(
+            "credential `{name}` would leave the certs directory; refused"
+        ));
+    }
+    Ok(certs_dir.join(relative))
 }
 
 fn load_key(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, String> {
@@ -101,4 +116,25 @@ pub fn server_config(
         .with_cert_resolver(Arc::new(SniResolver { entries }));
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Some(Arc::new(config))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_paths_stay_inside_the_certs_directory() {
+        let certs = Path::new("/certs");
+        assert_eq!(
+            secret_dir(certs, "api-tls").unwrap(),
+            Path::new("/certs/api-tls")
+        );
+        assert_eq!(
+            secret_dir(certs, "istio-system/api-tls").unwrap(),
+            Path::new("/certs/istio-system/api-tls")
+        );
+        for escape in ["../etc", "a/../../b", "/etc/ssl", "..", "ns/..", "a//b", ""] {
+            assert!(secret_dir(certs, escape).is_err(), "{escape}");
+        }
+    }
 }

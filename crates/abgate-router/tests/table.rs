@@ -207,6 +207,51 @@ spec:
 }
 
 #[test]
+fn a_short_service_entry_host_serves_the_short_destination_in_its_namespace() {
+    let yaml = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: chat-model, namespace: default}
+spec:
+  hosts: [chat-model]
+  ports: [{number: 8000, name: http, protocol: HTTP}]
+  resolution: STATIC
+  endpoints:
+  - {address: 127.0.0.1, ports: {http: 9101}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: chat, namespace: default}
+spec:
+  hosts: [chat.example.com]
+  http:
+  - route: [{destination: {host: chat-model}}]
+"#;
+    let t = table(
+        yaml,
+        BuildOptions {
+            plain_http_port: Some(9999),
+            ..BuildOptions::default()
+        },
+    );
+    let listener = t.listener(9999).expect("listener");
+    let vhost = listener
+        .virtual_host("mesh", "chat.example.com")
+        .expect("vhost");
+    let Action::Forward(split) = &vhost.routes[0].action else {
+        panic!("forward")
+    };
+    let cluster = &split.targets[0].cluster;
+    assert_eq!(cluster.unavailable, None, "the cluster has its endpoint");
+    let authorities: Vec<_> = cluster
+        .endpoints
+        .iter()
+        .map(|e| e.authority.clone())
+        .collect();
+    assert_eq!(authorities, ["127.0.0.1:9101"]);
+}
+
+#[test]
 fn experiments_go_ahead_of_the_host_rules_with_their_headers() {
     let yaml = format!(
         "{BASE}---

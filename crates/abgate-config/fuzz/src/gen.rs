@@ -377,6 +377,10 @@ static CONNECTION_POOL: Shape = Map(&[
             ),
             ("useClientProtocol", Bool),
             ("maxConcurrentStreams", Int),
+            (
+                "http2KeepAlive",
+                Map(&[("interval", Dur), ("timeout", Dur)]),
+            ),
         ]),
     ),
 ]);
@@ -390,6 +394,7 @@ static OUTLIER: Shape = Map(&[
     ("baseEjectionTime", Dur),
     ("maxEjectionPercent", Int),
     ("minHealthPercent", Int),
+    ("outlierDetectionHttpErrorCodes", Any),
 ]);
 static TRAFFIC_POLICY: Shape = Map(&[
     ("loadBalancer", LOAD_BALANCER),

@@ -138,6 +138,14 @@ fn exercise_loaded(loaded: &Loaded) {
                 &server.port_name,
             ));
             black_box((&server.bind, &server.hosts, &server.tls));
+            if let Some(abgate_config::model::Credential::Named(name)) =
+                server.tls.as_ref().and_then(|t| t.credential.as_ref())
+            {
+                invariant(
+                    abgate_config::syntax::check_credential_name(name).is_ok(),
+                    "a valid Gateway's credentialName is a Secret reference",
+                );
+            }
         }
     }
     for se in &config.service_entries {

@@ -1,0 +1,359 @@
+//! The syntax Istio and Envoy accept for names, hosts and header values.
+//!
+//! Each check returns the reason a value is refused, so the caller can name the field.
+
+use std::net::IpAddr;
+
+const DNS1123_LABEL_MAX: usize = 63;
+const DNS1123_SUBDOMAIN_MAX: usize = 253;
+const DOMAIN_MAX: usize = 255;
+
+/// A DNS-1123 label as Istio checks it: letters, digits and inner hyphens, at most 63
+/// characters (Istio allows upper case here; Kubernetes object names do not).
+pub(crate) fn is_dns1123_label(label: &str) -> bool {
+    let bytes = label.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= DNS1123_LABEL_MAX
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || *b == b'-')
+        && bytes[0] != b'-'
+        && bytes[bytes.len() - 1] != b'-'
+}
+
+/// A Kubernetes object name label: a lowercase DNS-1123 label.
+pub(crate) fn is_k8s_label(label: &str) -> bool {
+    is_dns1123_label(label) && !label.bytes().any(|b| b.is_ascii_uppercase())
+}
+
+/// A Kubernetes object name such as a Secret's: a lowercase DNS-1123 subdomain.
+pub(crate) fn is_k8s_subdomain(name: &str) -> bool {
+    name.len() <= DNS1123_SUBDOMAIN_MAX && !name.is_empty() && name.split('.').all(is_k8s_label)
+}
+
+/// A first DNS label that may be a wildcard: `*`, or a label optionally preceded by `*`
+/// or `*-` (Istio accepts `*foo` in VirtualService and DestinationRule hosts).
+fn is_wildcard_label(label: &str) -> bool {
+    if label.len() > DNS1123_LABEL_MAX {
+        return false;
+    }
+    if label == "*" {
+        return true;
+    }
+    let rest = label
+        .strip_prefix("*-")
+        .or_else(|| label.strip_prefix('*'))
+        .unwrap_or(label);
+    is_dns1123_label(rest)
+}
+
+fn check_length(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("an empty name is not allowed".to_owned());
+    }
+    if name.len() > DOMAIN_MAX {
+        return Err(format!(
+            "`{name}` is too long (at most {DOMAIN_MAX} characters)"
+        ));
+    }
+    Ok(())
+}
+
+fn check_labels(domain: &str, labels: &str) -> Result<(), String> {
+    let parts: Vec<&str> = labels.split('.').collect();
+    let last = parts[parts.len() - 1];
+    if !last.is_empty() && last.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!(
+            "`{domain}` is not a valid domain name: its top-level label `{last}` is all digits"
+        ));
+    }
+    for (i, label) in parts.iter().enumerate() {
+        // A trailing dot (`example.com.`) is an unambiguous absolute name.
+        if i == parts.len() - 1 && label.is_empty() {
+            break;
+        }
+        if !is_dns1123_label(label) {
+            return Err(format!(
+                "`{domain}` is not a valid domain name: label `{label}` is not a DNS-1123 label"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A fully qualified name with no wildcard (Istio's FQDN check).
+pub(crate) fn check_fqdn(name: &str) -> Result<(), String> {
+    check_length(name)?;
+    check_labels(name, name)
+}
+
+/// A domain whose first label may be a wildcard (Istio's wildcard-domain check).
+pub(crate) fn check_wildcard_domain(name: &str) -> Result<(), String> {
+    check_length(name)?;
+    let (first, rest) = match name.split_once('.') {
+        Some((first, rest)) => (first, Some(rest)),
+        None => (name, None),
+    };
+    if !is_wildcard_label(first) {
+        return Err(format!(
+            "`{name}` is not a valid host: label `{first}` is not a DNS-1123 label or wildcard"
+        ));
+    }
+    match rest {
+        Some(rest) => check_labels(name, rest),
+        None => Ok(()),
+    }
+}
+
+/// A wildcard only as the whole host or as a leading `*.` label.
+pub(crate) fn check_no_partial_wildcard(name: &str) -> Result<(), String> {
+    if name.contains('*') && name != "*" && !name.starts_with("*.") {
+        return Err(format!(
+            "`{name}` has a partial wildcard; a wildcard must be the whole first label (`*.example.com`)"
+        ));
+    }
+    Ok(())
+}
+
+/// Whether the text is an IPv4 or IPv6 address.
+pub(crate) fn is_ip(text: &str) -> bool {
+    text.parse::<IpAddr>().is_ok()
+}
+
+/// A Gateway server host: `[namespace/]host`, where the namespace is a label, `.` or `*`
+/// and the host is `*`, a fully qualified name (optionally `*.`-prefixed) or an IP.
+pub(crate) fn check_gateway_host(entry: &str) -> Result<(), String> {
+    let host = match entry.split_once('/') {
+        Some((ns, host)) => {
+            if ns.is_empty() || host.is_empty() {
+                return Err(format!(
+                    "`{entry}`: the namespace and the host around `/` must not be empty"
+                ));
+            }
+            if ns != "*" && ns != "." && !is_dns1123_label(ns) {
+                return Err(format!(
+                    "`{entry}`: `{ns}` is not a namespace, `.` (this namespace) or `*` (any)"
+                ));
+            }
+            host
+        }
+        None => entry,
+    };
+    if host != "*" && !host.contains('.') {
+        return Err(format!(
+            "`{host}` is a short name; Gateway hosts must be fully qualified (`{host}.example.com`) or `*`"
+        ));
+    }
+    if !is_ip(host) {
+        check_wildcard_domain(host)?;
+    }
+    check_no_partial_wildcard(host)
+}
+
+/// A gateway reference in a VirtualService: `mesh`, `name`, `namespace/name`, or Istio's
+/// legacy `name.namespace.svc.cluster.local`.
+pub(crate) fn check_gateway_reference(reference: &str) -> Result<(), String> {
+    match reference.split_once('/') {
+        None => check_fqdn(reference).map_err(|e| {
+            format!("`{reference}` is not `mesh`, a gateway name or `namespace/name`: {e}")
+        }),
+        Some((ns, name)) => {
+            if !is_dns1123_label(ns) {
+                return Err(format!(
+                    "`{reference}`: `{ns}` is not a namespace (a DNS-1123 label)"
+                ));
+            }
+            if !is_dns1123_label(name) {
+                return Err(format!(
+                    "`{reference}`: `{name}` is not a gateway name (a DNS-1123 label)"
+                ));
+            }
+            Ok(())
+        }
+    }
+}
+
+/// A Kubernetes Secret reference as `credentialName` takes it: `name` or
+/// `namespace/name`, with the name a DNS-1123 subdomain and the namespace a label.
+pub fn check_credential_name(reference: &str) -> Result<(), String> {
+    let (ns, name) = match reference.split_once('/') {
+        Some((ns, name)) => (Some(ns), name),
+        None => (None, reference),
+    };
+    if let Some(ns) = ns {
+        if !is_k8s_label(ns) {
+            return Err(format!(
+                "`{reference}` is not a Secret reference: `{ns}` is not a namespace (a lowercase DNS-1123 label)"
+            ));
+        }
+    }
+    if !is_k8s_subdomain(name) {
+        return Err(format!(
+            "`{reference}` is not a Secret reference: `{name}` is not a Kubernetes name (lowercase letters, digits, `-` and `.`, starting and ending with a letter or digit)"
+        ));
+    }
+    Ok(())
+}
+
+/// An HTTP header value as Envoy takes it in a header rule: no control characters but
+/// tab, and `%` only doubled (`%%`) or around a `%VARIABLE%` / `%VAR(args)%`.
+pub(crate) fn check_header_value(value: &str) -> Result<(), String> {
+    if value.bytes().any(|b| (b < 0x20 && b != b'\t') || b == 0x7f) {
+        return Err("header value must not contain control characters".to_owned());
+    }
+    check_envoy_format(value)
+}
+
+/// Envoy's header formatter grammar: literal text with `%%` escapes and `%NAME%` or
+/// `%NAME(args)%` variables, where args are a bare string or a JSON array of strings.
+fn check_envoy_format(value: &str) -> Result<(), String> {
+    #[derive(PartialEq)]
+    enum State {
+        Literal,
+        Name,
+        ExpectArgs,
+        ExpectString,
+        InString,
+        AfterString,
+        ExpectClose,
+        ExpectPercent,
+    }
+    let unescaped = || {
+        Err(format!(
+            "`{value}` has an unescaped `%`: write `%%` for a literal percent sign"
+        ))
+    };
+    let bytes = value.as_bytes();
+    let mut state = State::Literal;
+    let mut i = 0;
+    while i < bytes.len() {
+        let c = bytes[i];
+        match state {
+            State::Literal if c == b'%' => match bytes.get(i + 1) {
+                None => return unescaped(),
+                Some(b'%') => i += 1,
+                Some(_) => state = State::Name,
+            },
+            State::Literal => {}
+            State::Name if c == b'%' => state = State::Literal,
+            State::Name if c == b'(' => state = State::ExpectArgs,
+            State::Name => {}
+            State::ExpectArgs if c == b'[' => state = State::ExpectString,
+            State::ExpectArgs if c != b' ' => state = State::InString,
+            State::ExpectArgs => {}
+            State::ExpectString if c == b'"' => state = State::InString,
+            State::ExpectString if c != b' ' => {
+                return Err(format!(
+                    "`{value}`: expected `\"` in a variable's arguments"
+                ))
+            }
+            State::ExpectString => {}
+            State::InString if c == b'\\' => {
+                if i + 1 >= bytes.len() {
+                    return Err(format!("`{value}` ends inside an escape"));
+                }
+                i += 1;
+            }
+            State::InString if c == b')' => state = State::ExpectPercent,
+            State::InString if c == b'"' => state = State::AfterString,
+            State::InString => {}
+            State::AfterString if c == b',' => state = State::ExpectString,
+            State::AfterString if c == b']' => state = State::ExpectClose,
+            State::AfterString if c != b' ' => {
+                return Err(format!(
+                    "`{value}`: expected `,` or `]` in a variable's arguments"
+                ))
+            }
+            State::AfterString => {}
+            State::ExpectClose if c == b')' => state = State::ExpectPercent,
+            State::ExpectClose if c != b' ' => {
+                return Err(format!(
+                    "`{value}`: expected `)` after a variable's arguments"
+                ))
+            }
+            State::ExpectClose => {}
+            State::ExpectPercent if c == b'%' => state = State::Literal,
+            State::ExpectPercent if c != b' ' => {
+                return Err(format!("`{value}`: expected `%` to close a variable"))
+            }
+            State::ExpectPercent => {}
+        }
+        i += 1;
+    }
+    if state == State::Literal {
+        Ok(())
+    } else if state == State::Name {
+        unescaped()
+    } else {
+        Err(format!("`{value}` has an unterminated `%VARIABLE(...)%`"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts() {
+        assert!(check_wildcard_domain("foo.example.com").is_ok());
+        assert!(check_wildcard_domain("*.example.com").is_ok());
+        assert!(check_wildcard_domain("*").is_ok());
+        assert!(check_wildcard_domain("reviews").is_ok());
+        assert!(check_wildcard_domain("foo.ba!r").is_err());
+        assert!(check_wildcard_domain("foo.*.bar.com").is_err());
+        assert!(check_wildcard_domain("example.123").is_err());
+        assert!(check_fqdn("*.example.com").is_err());
+        assert!(check_no_partial_wildcard("*bar.com").is_err());
+    }
+
+    #[test]
+    fn gateway_hosts_and_references() {
+        for ok in [
+            "*",
+            "*.example.com",
+            "ns/api.example.com",
+            "./a.b",
+            "*/a.b",
+            "10.0.0.1",
+        ] {
+            assert!(check_gateway_host(ok).is_ok(), "{ok}");
+        }
+        for bad in ["foo", "*bar.com", "foo.*.bar.com", "n@s/a.b", "/a.b"] {
+            assert!(check_gateway_host(bad).is_err(), "{bad}");
+        }
+        for ok in ["gw", "ns/gw", "gw.ns.svc.cluster.local"] {
+            assert!(check_gateway_reference(ok).is_ok(), "{ok}");
+        }
+        for bad in ["b@dgateway", "ns1/*", "*/gateway", "ns/"] {
+            assert!(check_gateway_reference(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn credential_names() {
+        for ok in ["tls-cert", "my.cert", "istio-system/tls-cert"] {
+            assert!(check_credential_name(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "../etc", "a/../b", "/abs", "Upper", "a/b/c", "", "ns/", "a_b", ".hidden",
+        ] {
+            assert!(check_credential_name(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn header_values_follow_envoy_format() {
+        for ok in [
+            "foo",
+            "%HOSTNAME%",
+            "100%%",
+            "a %REQ(x-id)% b",
+            "%VAR([\"a\", \"b\"])%",
+        ] {
+            assert!(check_header_value(ok).is_ok(), "{ok}");
+        }
+        for bad in ["abc%123", "%START_TIME%%", "50%", "a\u{1}b", "%VAR([x])%"] {
+            assert!(check_header_value(bad).is_err(), "{bad}");
+        }
+    }
+}
