@@ -27,7 +27,7 @@ enum Command {
     /// Check Istio-compatible configuration, like `istioctl analyze`.
     Analyze(analyze::AnalyzeArgs),
     /// Run the gateway.
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// Run a simulated OpenAI-compatible model server.
     Sim(abgate_sim::SimArgs),
     /// Manage experiments through a running gateway's admin API.
@@ -43,7 +43,7 @@ fn main() -> ExitCode {
     init_tracing();
     match cli.command {
         Command::Analyze(args) => analyze::run(&args),
-        Command::Serve(args) => serve::run(args),
+        Command::Serve(args) => serve::run(*args),
         Command::Sim(args) => run_async(abgate_sim::run(args)),
         Command::Demo(args) => demo::run(args),
         Command::Experiment(args) => experiment_cli::run(args),
