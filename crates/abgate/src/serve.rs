@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use crate::api::ExperimentsApi;
 use crate::controller::Controller;
+use crate::http_client::{AllowList, WebhookClient};
 use notify::Watcher;
 use tokio::sync::mpsc;
 
@@ -58,6 +59,15 @@ pub struct ServeArgs {
     /// generated beside the state file as admin.token).
     #[arg(long)]
     admin_token_file: Option<PathBuf>,
+    /// Only call gate and event webhooks whose address is in one of these networks
+    /// (CIDRs or addresses, comma-separated), checked on the address connected to.
+    /// Without it, webhooks may reach any address, internal ones included.
+    #[arg(long, value_delimiter = ',', value_parser = crate::http_client::parse_network)]
+    gate_allow: Vec<ipnet::IpNet>,
+    /// A PEM file of CA certificates trusted for `https://` webhooks, besides the
+    /// Mozilla roots.
+    #[arg(long)]
+    gate_ca_file: Option<PathBuf>,
     /// Largest request head (request line and headers) in bytes; beyond, 431.
     #[arg(long, default_value_t = 61440)]
     max_request_headers_size: usize,
@@ -153,6 +163,16 @@ async fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let webhooks = match WebhookClient::new(
+        args.gate_ca_file.as_deref(),
+        AllowList::only(args.gate_allow.clone()),
+    ) {
+        Ok(client) => client,
+        Err(e) => {
+            eprintln!("abgate serve: --gate-ca-file: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
     let options = ServeOptions {
         listen: args.listen,
         listen_tls: args.listen_tls,
@@ -181,7 +201,7 @@ async fn serve(args: ServeArgs) -> ExitCode {
         }
     };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let controller = match start_experiments(&running, &state_path, token) {
+    let controller = match start_experiments(&running, &state_path, token, webhooks) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("abgate serve: {e:#}");
@@ -229,11 +249,12 @@ fn start_experiments(
     running: &Running,
     state_path: &Path,
     token: String,
+    webhooks: WebhookClient,
 ) -> anyhow::Result<Arc<Controller>> {
     let store = abgate_state::Store::open(state_path)
         .with_context(|| format!("opening the state store {}", state_path.display()))?;
     let control = running.control();
-    let controller = Controller::start(Arc::clone(&control), store)?;
+    let controller = Controller::start(Arc::clone(&control), store, webhooks)?;
     let config = control.config();
     controller.restore_api_experiments(|doc| crate::api::parse_experiment(doc, &config))?;
     running.install_api(Box::new(ExperimentsApi::new(
