@@ -260,6 +260,119 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use tokio::net::TcpListener;
+
+    /// A server on 127.0.0.1 that reads one request and writes `answer` raw, then keeps
+    /// the connection open; the URL to call it.
+    async fn raw_server(answer: Vec<u8>) -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut buffer = [0u8; 4096];
+            let _ = stream.read(&mut buffer).await;
+            let _ = stream.write_all(&answer).await;
+            // Held open: a client waiting for the rest of the body would wait forever.
+            std::future::pending::<()>().await;
+        });
+        url
+    }
+
+    #[tokio::test]
+    async fn a_declared_body_over_the_limit_fails_without_being_read() {
+        let url = raw_server(b"HTTP/1.1 200 OK\r\ncontent-length: 65537\r\n\r\n".to_vec()).await;
+        let client = WebhookClient::new(None, AllowList::default()).unwrap();
+        let answer = client
+            .post_json(&url, &serde_json::json!({}), Duration::from_secs(60))
+            .await;
+        assert!(matches!(answer, Err(WebhookError::TooLarge)), "{answer:?}");
+    }
+
+    /// An answer with a chunked body of `size` bytes.
+    fn chunked(size: usize) -> Vec<u8> {
+        let mut answer = b"HTTP/1.1 202 Accepted\r\ntransfer-encoding: chunked\r\n\r\n".to_vec();
+        for piece in vec![b'x'; size].chunks(10_000) {
+            answer.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
+            answer.extend_from_slice(piece);
+            answer.extend_from_slice(b"\r\n");
+        }
+        answer.extend_from_slice(b"0\r\n\r\n");
+        answer
+    }
+
+    #[tokio::test]
+    async fn a_streamed_body_may_reach_the_limit_but_not_pass_it() {
+        let client = WebhookClient::new(None, AllowList::default()).unwrap();
+        let body = serde_json::json!({});
+        let deadline = Duration::from_secs(60);
+        let at_limit = raw_server(chunked(MAX_BODY)).await;
+        let answer = client.post_json(&at_limit, &body, deadline).await;
+        assert_eq!(answer.unwrap(), StatusCode::ACCEPTED);
+        let past_limit = raw_server(chunked(MAX_BODY + 1)).await;
+        let answer = client.post_json(&past_limit, &body, deadline).await;
+        assert!(matches!(answer, Err(WebhookError::TooLarge)), "{answer:?}");
+    }
+
+    #[tokio::test]
+    async fn https_needs_a_certificate_from_a_trusted_ca() {
+        let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
+        let key =
+            rustls::pki_types::PrivatePkcs8KeyDer::from(certified.signing_key.serialize_der());
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![certified.cert.der().clone()], key.into())
+        .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("https://{}/hook", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                let Ok(mut tls) = acceptor.accept(stream).await else {
+                    continue;
+                };
+                let mut buffer = [0u8; 4096];
+                let _ = tls.read(&mut buffer).await;
+                let _ = tls
+                    .write_all(b"HTTP/1.1 204 No Content\r\nconnection: close\r\n\r\n")
+                    .await;
+                let _ = tls.shutdown().await;
+            }
+        });
+        let body = serde_json::json!({});
+        let deadline = Duration::from_secs(60);
+
+        let untrusting = WebhookClient::new(None, AllowList::default()).unwrap();
+        let refused = untrusting.post_json(&url, &body, deadline).await;
+        assert!(
+            matches!(&refused, Err(WebhookError::Failed(why)) if why.starts_with("TLS with 127.0.0.1")),
+            "{refused:?}"
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, certified.cert.pem()).unwrap();
+        let trusting = WebhookClient::new(Some(&ca), AllowList::default()).unwrap();
+        let answer = trusting.post_json(&url, &body, deadline).await;
+        assert_eq!(answer.unwrap(), StatusCode::NO_CONTENT);
+    }
+
+    #[test]
+    fn a_ca_file_without_certificates_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "not a certificate\n").unwrap();
+        let error = WebhookClient::new(Some(&empty), AllowList::default())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(error.contains("holds no PEM certificate"), "{error}");
+    }
 
     #[test]
     fn networks_parse_as_cidrs_or_single_addresses() {

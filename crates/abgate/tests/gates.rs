@@ -427,6 +427,33 @@ fn a_rollback_gate_that_answers_yes_rolls_back() {
 }
 
 #[test]
+fn a_rollback_gate_that_cannot_answer_fails_analyses_and_rolls_back_at_the_limit() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut processes = Processes::new(dir.path());
+    // Nothing listens there: no answer, which is not a "no".
+    let url = format!("http://127.0.0.1:{}/hook", common::free_port());
+    let extra = format!(
+        "  failureLimit: 2\n  gates:\n  - {{name: pager, type: rollback, url: {url}, timeout: 1s}}\n"
+    );
+    let gateway = setup(&mut processes, dir.path(), &extra, 40);
+    let summary = wait_until(
+        &gateway,
+        Duration::from_secs(15),
+        || {},
+        |s| s["phase"] != "running",
+    );
+    assert_eq!(summary["phase"], "rolled_back", "{summary}");
+    let reason = last_decision(&gateway)["reason"]
+        .as_str()
+        .unwrap_or("")
+        .to_owned();
+    assert!(
+        reason.contains("failureLimit 2") && reason.contains("rollback gate pager failed"),
+        "{reason}"
+    );
+}
+
+#[test]
 fn a_refused_promotion_holds_until_the_gate_agrees() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut processes = Processes::new(dir.path());
