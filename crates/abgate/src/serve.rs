@@ -55,18 +55,24 @@ pub struct ServeArgs {
     /// The experiment state file (SQLite); default $XDG_STATE_HOME/abgate/state.db.
     #[arg(long)]
     state: Option<PathBuf>,
-    /// A file holding the admin API's bearer token (else ABGATE_ADMIN_TOKEN, else one is
-    /// generated beside the state file as admin.token).
+    /// A file holding the admin API's bearer token, at least 16 bytes (else
+    /// ABGATE_ADMIN_TOKEN, else one is generated beside the state file as admin.token).
+    /// An empty or short token stops startup.
     #[arg(long)]
     admin_token_file: Option<PathBuf>,
     /// Only call gate and event webhooks whose address is in one of these networks
     /// (CIDRs or addresses, comma-separated), checked on the address connected to.
     /// Without it, webhooks may reach any address, internal ones included.
-    #[arg(long, value_delimiter = ',', value_parser = crate::http_client::parse_network)]
+    #[arg(
+        long,
+        value_name = "CIDR,...",
+        value_delimiter = ',',
+        value_parser = crate::http_client::parse_network
+    )]
     gate_allow: Vec<ipnet::IpNet>,
     /// A PEM file of CA certificates trusted for `https://` webhooks, besides the
     /// Mozilla roots.
-    #[arg(long)]
+    #[arg(long, value_name = "PATH")]
     gate_ca_file: Option<PathBuf>,
     /// Largest request head (request line and headers) in bytes; beyond, 431.
     #[arg(long, default_value_t = 61440)]
@@ -154,15 +160,6 @@ async fn serve(args: ServeArgs) -> ExitCode {
         eprintln!("abgate serve: the configuration has errors and --strict is set");
         return ExitCode::FAILURE;
     }
-    // A bad admin token stops startup before anything listens.
-    let state_path = args.state.clone().unwrap_or_else(default_state_path);
-    let token = match admin_token_beside(&args, &state_path) {
-        Ok(token) => token,
-        Err(e) => {
-            eprintln!("abgate serve: {e:#}");
-            return ExitCode::FAILURE;
-        }
-    };
     let webhooks = match WebhookClient::new(
         args.gate_ca_file.as_deref(),
         AllowList::only(args.gate_allow.clone()),
@@ -171,6 +168,15 @@ async fn serve(args: ServeArgs) -> ExitCode {
         Err(e) => {
             eprintln!("abgate serve: --gate-ca-file: {e:#}");
             return ExitCode::from(2);
+        }
+    };
+    // A bad admin token stops startup before anything listens.
+    let state_path = args.state.clone().unwrap_or_else(default_state_path);
+    let token = match admin_token_beside(&args, &state_path) {
+        Ok(token) => token,
+        Err(e) => {
+            eprintln!("abgate serve: {e:#}");
+            return ExitCode::FAILURE;
         }
     };
     let options = ServeOptions {
