@@ -155,7 +155,8 @@ impl WebhookClient {
         let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
         let stream = self.connect(&host, port).await?;
         let request = http::Request::post(uri.path_and_query().map_or("/", |p| p.as_str()))
-            .header(http::header::HOST, authority.as_str())
+            // `user:password@` is no part of the Host header.
+            .header(http::header::HOST, host_header(authority.as_str()))
             .header(http::header::CONTENT_TYPE, "application/json")
             .header(
                 http::header::USER_AGENT,
@@ -212,6 +213,13 @@ impl WebhookClient {
         }
         Err(WebhookError::Failed(last.unwrap_or_default()))
     }
+}
+
+/// The Host header of a URL's authority: without any `user:password@`.
+fn host_header(authority: &str) -> &str {
+    authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host)
 }
 
 /// One HTTP/1.1 exchange on `stream`: the answer's status, once its body (at most
@@ -372,6 +380,13 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(error.contains("holds no PEM certificate"), "{error}");
+    }
+
+    #[test]
+    fn the_host_header_carries_no_credentials() {
+        assert_eq!(host_header("gate.example:8443"), "gate.example:8443");
+        assert_eq!(host_header("user:secret@gate.example"), "gate.example");
+        assert_eq!(host_header("[::1]:80"), "[::1]:80");
     }
 
     #[test]
