@@ -11,6 +11,7 @@ use abgate_proxy::{error_response, AdminApi, ApiFuture, ApiRequest, Control, Pro
 use bytes::Bytes;
 use http::{Method, Response, StatusCode};
 use serde_json::{json, Value};
+use subtle::ConstantTimeEq as _;
 
 use crate::controller::Controller;
 
@@ -77,32 +78,46 @@ impl AdminApi for ExperimentsApi {
     }
 }
 
+/// The one API version served; `/api/vN/...` for any other N is a 404.
+const API_PREFIX: &str = "/api/v1";
+
+/// The credential of an `Authorization: Bearer TOKEN` header: the scheme is matched
+/// without regard to case (RFC 9110), and an empty credential is no credential.
+fn bearer_credential(value: &str) -> Option<&str> {
+    let (scheme, credential) = value.trim().split_once(' ')?;
+    let credential = credential.trim_start();
+    (scheme.eq_ignore_ascii_case("bearer") && !credential.is_empty()).then_some(credential)
+}
+
 impl ExperimentsApi {
     fn authorized(&self, request: &ApiRequest) -> bool {
         let Some(given) = request
             .headers
             .get(http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
+            .and_then(bearer_credential)
         else {
             return false;
         };
-        // Compare every byte so the time taken says nothing about the token.
-        given.len() == self.token.len()
-            && given
-                .bytes()
-                .zip(self.token.bytes())
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                == 0
+        // Constant time: how long the comparison takes says nothing about the token.
+        bool::from(given.as_bytes().ct_eq(self.token.as_bytes()))
     }
 
     fn handle(&self, request: &ApiRequest) -> Response<ProxyBody> {
-        let segments: Vec<&str> = request
+        let Some(rest) = request
             .path
-            .trim_end_matches('/')
-            .split('/')
-            .skip(3)
-            .collect();
+            .strip_prefix(API_PREFIX)
+            .filter(|rest| rest.is_empty() || rest.starts_with('/'))
+        else {
+            return fail(
+                StatusCode::NOT_FOUND,
+                &format!(
+                    "no API route {} {}: this gateway serves the API under {API_PREFIX}/",
+                    request.method, request.path
+                ),
+            );
+        };
+        let segments: Vec<&str> = rest.trim_end_matches('/').split('/').skip(1).collect();
         if request.method != Method::GET && !self.authorized(request) {
             return fail(
                 StatusCode::UNAUTHORIZED,

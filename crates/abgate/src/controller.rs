@@ -3,7 +3,7 @@
 //! apply it to the gateway. A decision is in the state store before it takes effect, so a
 //! restart resumes every experiment where it was.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -17,6 +17,9 @@ use abgate_state::{DecisionRow, Store};
 use anyhow::Context as _;
 use serde_json::{json, Value};
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::http_client::WebhookClient;
 
 /// Unix milliseconds now.
 pub fn now_ms() -> u64 {
@@ -44,6 +47,8 @@ struct Tracked {
 pub struct Controller {
     control: Arc<Control>,
     store: Store,
+    /// What gates and event hooks are called with.
+    webhooks: WebhookClient,
     tracked: Mutex<BTreeMap<String, Tracked>>,
     /// Maps unix ms onto the monotonic clock the sample store uses.
     anchor: (Instant, u64),
@@ -77,11 +82,16 @@ pub struct Summary {
 impl Controller {
     /// Takes control of the gateway's experiments: each resumes from the state store, or
     /// starts now; decisions recorded but not applied before a crash are applied again.
-    pub fn start(control: Arc<Control>, store: Store) -> anyhow::Result<Arc<Self>> {
+    pub fn start(
+        control: Arc<Control>,
+        store: Store,
+        webhooks: WebhookClient,
+    ) -> anyhow::Result<Arc<Self>> {
         let now = now_ms();
         let controller = Arc::new(Self {
             control,
             store,
+            webhooks,
             tracked: Mutex::new(BTreeMap::new()),
             anchor: (Instant::now(), now),
         });
@@ -178,49 +188,83 @@ impl Controller {
         Ok(())
     }
 
-    /// Runs analyses until `stop` changes.
+    /// Runs analyses until `stop` changes. Each experiment's work runs in a task of its
+    /// own, so a slow gate or metric source delays only its experiment; an experiment
+    /// whose work is still under way is not started again.
     pub async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let mut working: HashMap<String, JoinHandle<()>> = HashMap::new();
         loop {
-            if let Err(e) = self.tick(now_ms()).await {
-                tracing::error!("experiment controller: {e:#}");
+            working.retain(|_, task| !task.is_finished());
+            let now = now_ms();
+            for id in self.due(now) {
+                if working.contains_key(&id) {
+                    continue;
+                }
+                let controller = Arc::clone(&self);
+                let task_id = id.clone();
+                let task = tokio::spawn(async move {
+                    if let Err(e) = controller.tick(&task_id, now).await {
+                        tracing::error!(experiment = %task_id, "experiment controller: {e:#}");
+                    }
+                });
+                working.insert(id, task);
             }
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_millis(250)) => {}
-                _ = stop.changed() => return,
+                _ = stop.changed() => break,
             }
+        }
+        // A decision is written and applied without a pause: stopping at an await point
+        // leaves none half-made.
+        for task in working.into_values() {
+            task.abort();
         }
     }
 
-    /// Analyses every running experiment whose interval has passed, and rolls back any
-    /// running or paused one past its progress deadline.
-    pub async fn tick(&self, now: u64) -> anyhow::Result<()> {
-        let overdue: Vec<(String, Duration)> = self
-            .lock()
+    /// The experiments with work to do at `now`: past their progress deadline (running
+    /// or paused), or running with their interval passed.
+    fn due(&self, now: u64) -> Vec<String> {
+        self.lock()
             .values()
-            .filter(|t| matches!(t.state.phase, Phase::Running | Phase::Paused))
-            .filter_map(|t| {
-                let deadline = t.spec.progress_deadline?;
-                let since = t.state.updated_at.max(t.state.started_at);
-                (now.saturating_sub(since) > deadline.as_millis() as u64)
-                    .then(|| (t.spec.id.clone(), deadline))
-            })
-            .collect();
-        for (id, deadline) in overdue {
+            .filter(|t| Self::overdue(t, now).is_some() || Self::analysis_due(t, now))
+            .map(|t| t.spec.id.clone())
+            .collect()
+    }
+
+    /// The progress deadline `t` has passed, if it has.
+    fn overdue(t: &Tracked, now: u64) -> Option<Duration> {
+        if !matches!(t.state.phase, Phase::Running | Phase::Paused) {
+            return None;
+        }
+        let deadline = t.spec.progress_deadline?;
+        let since = t.state.updated_at.max(t.state.started_at);
+        (now.saturating_sub(since) > deadline.as_millis() as u64).then_some(deadline)
+    }
+
+    fn analysis_due(t: &Tracked, now: u64) -> bool {
+        t.state.phase == Phase::Running
+            && now.saturating_sub(t.last_analysis) >= t.spec.interval.as_millis() as u64
+    }
+
+    /// One experiment's work at `now`: a rollback past its progress deadline, else its
+    /// analysis when its interval has passed.
+    async fn tick(&self, id: &str, now: u64) -> anyhow::Result<()> {
+        let (overdue, due) = {
+            let tracked = self.lock();
+            let Some(t) = tracked.get(id) else {
+                return Ok(());
+            };
+            (Self::overdue(t, now), Self::analysis_due(t, now))
+        };
+        if let Some(deadline) = overdue {
             let reason = format!(
                 "no decision moved the experiment on within its progress deadline of {}; rolling back",
                 humantime::format_duration(deadline)
             );
-            self.force_rollback(&id, reason, now)?;
+            return self.force_rollback(id, reason, now);
         }
-        let due: Vec<String> = self
-            .lock()
-            .values()
-            .filter(|t| t.state.phase == Phase::Running)
-            .filter(|t| now.saturating_sub(t.last_analysis) >= t.spec.interval.as_millis() as u64)
-            .map(|t| t.spec.id.clone())
-            .collect();
-        for id in due {
-            self.analyze(&id, now).await?;
+        if due {
+            self.analyze(id, now).await?;
         }
         Ok(())
     }
@@ -348,7 +392,8 @@ impl Controller {
         self.note_analysis(id, now, None, None);
 
         if pre_rollout_pending {
-            return match ask_gates(&spec, GateKind::PreRollout, &state, None).await {
+            return match ask_gates(&self.webhooks, &spec, GateKind::PreRollout, &state, None).await
+            {
                 Ok(()) => {
                     if let Some(t) = self.lock().get_mut(id) {
                         t.pre_rollout_pending = false;
@@ -370,11 +415,15 @@ impl Controller {
             };
         }
 
-        if let Err(refusal) = ask_gates(&spec, GateKind::Rollback, &state, None).await {
-            // A rollback gate that answers yes (2xx) asks for a rollback.
+        if let Err(refusal) =
+            ask_gates(&self.webhooks, &spec, GateKind::Rollback, &state, None).await
+        {
+            // A rollback gate that answers yes (2xx) asks for a rollback; one that gives
+            // no answer leaves the analysis incomplete.
             if refusal.asked {
                 return self.force_rollback(id, format!("rollback {refusal}"), now);
             }
+            return self.fail(&spec, now, format!("rollback {refusal}"));
         }
 
         let observations = match &spec.metric_source {
@@ -389,8 +438,14 @@ impl Controller {
         };
         let mut decision = step(&spec, &state, &observations, now);
         if let Decision::Promote { variant, reason } = &decision {
-            if let Err(refusal) =
-                ask_gates(&spec, GateKind::ConfirmPromotion, &state, Some(&decision)).await
+            if let Err(refusal) = ask_gates(
+                &self.webhooks,
+                &spec,
+                GateKind::ConfirmPromotion,
+                &state,
+                Some(&decision),
+            )
+            .await
             {
                 if !refusal.answered {
                     // A gate that cannot be reached is a failed analysis, not a "no".
@@ -507,7 +562,7 @@ impl Controller {
         }
         self.store.mark_applied(&spec.id, seq)?;
         tracing::info!(experiment = %spec.id, decision = record.kind, "{}", record.reason);
-        tell_event_gates(spec, &next, &record);
+        tell_event_gates(&self.webhooks, spec, &next, &record);
         if let Some(t) = self.lock().get_mut(&spec.id) {
             t.state = next;
             t.revision = revision + 1;
@@ -724,22 +779,35 @@ fn gate_payload(
 }
 
 /// Asks every gate of a kind. Pre-rollout and confirm-promotion gates pass on a 2xx
-/// answer and refuse otherwise (an error or a timeout refuses); a rollback gate's 2xx
-/// answer is reported as a refusal with `asked` set (it asks for a rollback).
+/// answer and refuse otherwise; a rollback gate's 2xx answer is reported as a refusal
+/// with `asked` set (it asks for a rollback), any other answer lets the experiment go on.
+/// A gate of any kind that gives no answer (unreachable, refused by `--gate-allow`, past
+/// its timeout, a body over the limit) is reported with `answered` unset: a failed
+/// analysis.
 async fn ask_gates(
+    webhooks: &WebhookClient,
     spec: &Experiment,
     kind: GateKind,
     state: &ExperimentState,
     decision: Option<&Decision>,
 ) -> Result<(), GateRefusal> {
     for gate in spec.gates.iter().filter(|g| g.kind == kind) {
-        let answer = post_json(
-            &gate.url,
-            &gate_payload(spec, kind, state, decision),
-            gate.timeout,
-        )
-        .await;
+        let answer = webhooks
+            .post_json(
+                &gate.url,
+                &gate_payload(spec, kind, state, decision),
+                gate.timeout,
+            )
+            .await;
         match (kind, answer) {
+            (_, Err(e)) => {
+                return Err(GateRefusal {
+                    name: gate.name.clone(),
+                    asked: false,
+                    answered: false,
+                    why: format!("failed: {e}"),
+                })
+            }
             (GateKind::Rollback, Ok(status)) if status.is_success() => {
                 return Err(GateRefusal {
                     name: gate.name.clone(),
@@ -748,7 +816,7 @@ async fn ask_gates(
                     why: format!("answered {status}: roll back"),
                 })
             }
-            (GateKind::Rollback, _) => {}
+            (GateKind::Rollback, Ok(_)) => {}
             (_, Ok(status)) if status.is_success() => {}
             (_, Ok(status)) => {
                 return Err(GateRefusal {
@@ -758,52 +826,27 @@ async fn ask_gates(
                     why: format!("refused ({status})"),
                 })
             }
-            (_, Err(e)) => {
-                return Err(GateRefusal {
-                    name: gate.name.clone(),
-                    asked: false,
-                    answered: false,
-                    why: format!("failed: {e}"),
-                })
-            }
         }
     }
     Ok(())
 }
 
 /// Tells the event gates of a decision, without waiting for them.
-fn tell_event_gates(spec: &Experiment, state: &ExperimentState, record: &DecisionRecord) {
+fn tell_event_gates(
+    webhooks: &WebhookClient,
+    spec: &Experiment,
+    state: &ExperimentState,
+    record: &DecisionRecord,
+) {
     for gate in spec.gates.iter().filter(|g| g.kind == GateKind::Event) {
         let mut payload = gate_payload(spec, GateKind::Event, state, None);
         payload["decision"] = json!({ "kind": record.kind, "reason": record.reason, "weights_after": record.weights_after });
-        let (url, timeout) = (gate.url.clone(), gate.timeout);
+        let (url, timeout, webhooks) = (gate.url.clone(), gate.timeout, webhooks.clone());
+        let experiment = spec.id.clone();
         tokio::spawn(async move {
-            if let Err(e) = post_json(&url, &payload, timeout).await {
-                tracing::warn!(%url, "event gate: {e}");
+            if let Err(e) = webhooks.post_json(&url, &payload, timeout).await {
+                tracing::warn!(%experiment, %url, "event gate: {e}");
             }
         });
-    }
-}
-
-async fn post_json(url: &str, body: &Value, timeout: Duration) -> Result<http::StatusCode, String> {
-    use http_body_util::{BodyExt, Full};
-    let client: hyper_util::client::legacy::Client<_, Full<bytes::Bytes>> =
-        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-            .build_http();
-    let request = http::Request::post(url)
-        .header("content-type", "application/json")
-        .body(Full::new(bytes::Bytes::from(body.to_string())))
-        .map_err(|e| e.to_string())?;
-    match tokio::time::timeout(timeout, client.request(request)).await {
-        Ok(Ok(response)) => {
-            let status = response.status();
-            let _ = response.into_body().collect().await;
-            Ok(status)
-        }
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err(format!(
-            "no answer within {}",
-            humantime::format_duration(timeout)
-        )),
     }
 }

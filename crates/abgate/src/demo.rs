@@ -22,6 +22,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::controller::Controller;
+use crate::http_client::{AllowList, WebhookClient};
 
 /// Arguments of `abgate demo`.
 #[derive(clap::Args, Debug)]
@@ -212,7 +213,11 @@ async fn demo(args: DemoArgs) -> anyhow::Result<bool> {
     let state_dir = std::env::temp_dir().join(format!("abgate-demo-{}", std::process::id()));
     std::fs::create_dir_all(&state_dir)?;
     let store = Store::open(&state_dir.join("state.db"))?;
-    let controller = Controller::start(running.control(), store)?;
+    let controller = Controller::start(
+        running.control(),
+        store,
+        WebhookClient::new(None, AllowList::default())?,
+    )?;
     tokio::spawn(Arc::clone(&controller).run(stop.clone()));
     println!(
         "  experiment: {EXPERIMENT_ID}, canary of v1-1 from 10%, +10 points per healthy analysis up to 50%, then promotion; analysed every 3 s by the sequential policy (always-valid confidence sequences on errors, p95 latency and TTFT)"

@@ -6,6 +6,7 @@ mod api;
 mod controller;
 mod demo;
 mod experiment_cli;
+mod http_client;
 mod prometheus_source;
 mod serve;
 mod stats_cli;

@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use crate::api::ExperimentsApi;
 use crate::controller::Controller;
+use crate::http_client::{AllowList, WebhookClient};
 use notify::Watcher;
 use tokio::sync::mpsc;
 
@@ -54,10 +55,25 @@ pub struct ServeArgs {
     /// The experiment state file (SQLite); default $XDG_STATE_HOME/abgate/state.db.
     #[arg(long)]
     state: Option<PathBuf>,
-    /// A file holding the admin API's bearer token (else ABGATE_ADMIN_TOKEN, else one is
-    /// generated beside the state file as admin.token).
+    /// A file holding the admin API's bearer token, at least 16 bytes (else
+    /// ABGATE_ADMIN_TOKEN, else one is generated beside the state file as admin.token).
+    /// An empty or short token stops startup.
     #[arg(long)]
     admin_token_file: Option<PathBuf>,
+    /// Only call gate and event webhooks whose address is in one of these networks
+    /// (CIDRs or addresses, comma-separated), checked on the address connected to.
+    /// Without it, webhooks may reach any address, internal ones included.
+    #[arg(
+        long,
+        value_name = "CIDR,...",
+        value_delimiter = ',',
+        value_parser = crate::http_client::parse_network
+    )]
+    gate_allow: Vec<ipnet::IpNet>,
+    /// A PEM file of CA certificates trusted for `https://` webhooks, besides the
+    /// Mozilla roots.
+    #[arg(long, value_name = "PATH")]
+    gate_ca_file: Option<PathBuf>,
     /// Largest request head (request line and headers) in bytes; beyond, 431.
     #[arg(long, default_value_t = 61440)]
     max_request_headers_size: usize,
@@ -157,6 +173,25 @@ async fn serve(args: ServeArgs) -> ExitCode {
         eprintln!("abgate serve: the configuration has errors and --strict is set");
         return ExitCode::FAILURE;
     }
+    let webhooks = match WebhookClient::new(
+        args.gate_ca_file.as_deref(),
+        AllowList::only(args.gate_allow.clone()),
+    ) {
+        Ok(client) => client,
+        Err(e) => {
+            eprintln!("abgate serve: --gate-ca-file: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    // A bad admin token stops startup before anything listens.
+    let state_path = args.state.clone().unwrap_or_else(default_state_path);
+    let token = match admin_token_beside(&args, &state_path) {
+        Ok(token) => token,
+        Err(e) => {
+            eprintln!("abgate serve: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
     let options = ServeOptions {
         listen: args.listen,
         listen_tls: args.listen_tls,
@@ -196,7 +231,7 @@ async fn serve(args: ServeArgs) -> ExitCode {
         }
     };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let controller = match start_experiments(&running, &args) {
+    let controller = match start_experiments(&running, &state_path, token, webhooks) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("abgate serve: {e:#}");
@@ -231,17 +266,25 @@ async fn serve(args: ServeArgs) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// Opens the state store, resumes the experiments and installs the admin API.
-fn start_experiments(running: &Running, args: &ServeArgs) -> anyhow::Result<Arc<Controller>> {
-    let state_path = args.state.clone().unwrap_or_else(default_state_path);
+/// The admin token, once the state file's directory (where a generated one goes) exists.
+fn admin_token_beside(args: &ServeArgs, state_path: &Path) -> anyhow::Result<String> {
     if let Some(dir) = state_path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    let token = admin_token(args, &state_path)?;
-    let store = abgate_state::Store::open(&state_path)
+    admin_token(args, state_path)
+}
+
+/// Opens the state store, resumes the experiments and installs the admin API.
+fn start_experiments(
+    running: &Running,
+    state_path: &Path,
+    token: String,
+    webhooks: WebhookClient,
+) -> anyhow::Result<Arc<Controller>> {
+    let store = abgate_state::Store::open(state_path)
         .with_context(|| format!("opening the state store {}", state_path.display()))?;
     let control = running.control();
-    let controller = Controller::start(Arc::clone(&control), store)?;
+    let controller = Controller::start(Arc::clone(&control), store, webhooks)?;
     let config = control.config();
     controller.restore_api_experiments(|doc| crate::api::parse_experiment(doc, &config))?;
     running.install_api(Box::new(ExperimentsApi::new(
@@ -265,19 +308,25 @@ pub fn default_state_path() -> PathBuf {
         )
 }
 
+/// The shortest admin token accepted: shorter ones can be guessed.
+const MIN_TOKEN_BYTES: usize = 16;
+
 /// The admin API's bearer token: from `--admin-token-file`, else `ABGATE_ADMIN_TOKEN`,
 /// else one generated and written (mode 0600) beside the state file as `admin.token`.
-/// Without a token given, the admin listener must be on a loopback address.
+/// Without a token given, the admin listener must be on a loopback address. A token
+/// given is refused when it is empty, shorter than [`MIN_TOKEN_BYTES`], or not one
+/// header-safe word, whatever the admin address.
 fn admin_token(args: &ServeArgs, state_path: &Path) -> anyhow::Result<String> {
     if let Some(file) = &args.admin_token_file {
         let token =
             std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
-        return Ok(token.trim().to_owned());
+        return checked_token(&token, &format!("the admin token file {}", file.display()));
     }
-    if let Ok(token) = std::env::var("ABGATE_ADMIN_TOKEN") {
-        if !token.trim().is_empty() {
-            return Ok(token.trim().to_owned());
-        }
+    if let Some(token) = std::env::var_os("ABGATE_ADMIN_TOKEN") {
+        let token = token
+            .into_string()
+            .map_err(|_| anyhow::anyhow!("ABGATE_ADMIN_TOKEN is not UTF-8"))?;
+        return checked_token(&token, "ABGATE_ADMIN_TOKEN");
     }
     if !args.admin.ip().is_loopback() {
         anyhow::bail!(
@@ -290,6 +339,30 @@ fn admin_token(args: &ServeArgs, state_path: &Path) -> anyhow::Result<String> {
     write_private(&path, &token)?;
     tracing::info!(path = %path.display(), "admin API token written");
     Ok(token)
+}
+
+/// A given token, trimmed of surrounding whitespace (a trailing newline above all), or
+/// why it cannot guard the API; `source` names where it came from.
+fn checked_token(text: &str, source: &str) -> anyhow::Result<String> {
+    let token = text.trim();
+    if token.is_empty() {
+        anyhow::bail!(
+            "{source} is empty: the admin API needs a token of at least {MIN_TOKEN_BYTES} bytes (e.g. `openssl rand -hex 32`)"
+        );
+    }
+    if token.len() < MIN_TOKEN_BYTES {
+        anyhow::bail!(
+            "{source} holds a token of {} bytes: an admin token needs at least {MIN_TOKEN_BYTES} bytes (e.g. `openssl rand -hex 32`)",
+            token.len()
+        );
+    }
+    // What an `Authorization: Bearer` header can carry as one credential.
+    if !token.bytes().all(|b| b.is_ascii_graphic()) {
+        anyhow::bail!(
+            "{source} holds a token with spaces, control or non-ASCII characters: an admin token is one word of visible ASCII"
+        );
+    }
+    Ok(token.to_owned())
 }
 
 /// Where a generated admin token is written: beside the state file.
