@@ -4,6 +4,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
+use rusqlite::config::DbConfig;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -468,9 +469,13 @@ pub(crate) fn open_existing(path: &Path) -> Result<Connection, StateError> {
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
     .map_err(damage)?;
+    // Until the checks pass, closing must not fold the log into the main file (SQLite
+    // does when the last connection closes): a refused file is left as it was found.
+    conn.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)?;
     // Checked before configuring: setting WAL mode would write to a foreign file.
     conn.busy_timeout(schema::BUSY_TIMEOUT)?;
     integrity::verify(&conn, path)?;
+    conn.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, false)?;
     schema::configure(&conn).map_err(damage)?;
     Ok(conn)
 }
