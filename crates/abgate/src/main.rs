@@ -7,7 +7,9 @@ mod controller;
 mod demo;
 mod experiment_cli;
 mod prometheus_source;
+mod reload;
 mod serve;
+mod state;
 mod stats_cli;
 
 use std::process::ExitCode;
@@ -27,11 +29,13 @@ enum Command {
     /// Check Istio-compatible configuration, like `istioctl analyze`.
     Analyze(analyze::AnalyzeArgs),
     /// Run the gateway.
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// Run a simulated OpenAI-compatible model server.
     Sim(abgate_sim::SimArgs),
     /// Manage experiments through a running gateway's admin API.
     Experiment(experiment_cli::ExperimentArgs),
+    /// The experiment state file: `abgate state backup FILE`.
+    State(state::StateArgs),
     /// Offline statistics: SRM checks and A/B comparisons from sufficient statistics.
     Stats(stats_cli::StatsArgs),
     /// Run the end-to-end demo (simulated models, gateway, load, canary experiment).
@@ -43,10 +47,11 @@ fn main() -> ExitCode {
     init_tracing();
     match cli.command {
         Command::Analyze(args) => analyze::run(&args),
-        Command::Serve(args) => serve::run(args),
+        Command::Serve(args) => serve::run(*args),
         Command::Sim(args) => run_async(abgate_sim::run(args)),
         Command::Demo(args) => demo::run(args),
         Command::Experiment(args) => experiment_cli::run(args),
+        Command::State(args) => state::run(args),
         Command::Stats(args) => stats_cli::run(args),
     }
 }
