@@ -240,32 +240,30 @@ pub fn watch_files(paths: &[PathBuf], tx: mpsc::Sender<()>) -> Option<notify::Re
     Some(watcher)
 }
 
-/// Whether a change to `changed` concerns the configuration: it is a named file, or
-/// anything under a named directory but an editor's scratch file. Kubernetes mounts a
+/// Whether a change to `changed` concerns the configuration: it is a named file, or,
+/// under a named directory, what the loader reads there (a `.yaml` or `.yml` file) or
+/// may be a directory holding some (a name without extension). Kubernetes mounts a
 /// ConfigMap as symlinks into a `..data` directory that it swaps whole, so a change to a
-/// `..`-named entry beside a named file counts too.
+/// `..`-named entry counts too. Editors' swap and backup files, and anything else kept
+/// beside the configuration (a state file, logs), do not.
 fn relevant(watched: &[(PathBuf, bool)], changed: &Path) -> bool {
     let name = changed
         .file_name()
         .map(|n| n.to_string_lossy())
         .unwrap_or_default();
+    let kubernetes = name.starts_with("..");
     watched.iter().any(|(path, is_dir)| {
         if *is_dir {
-            changed.starts_with(path) && !editor_scratch(&name)
+            changed.starts_with(path)
+                && (kubernetes
+                    || match changed.extension().and_then(|e| e.to_str()) {
+                        None => true,
+                        Some(ext) => matches!(ext, "yaml" | "yml"),
+                    })
         } else {
-            changed == path || (changed.parent() == path.parent() && name.starts_with(".."))
+            changed == path || (changed.parent() == path.parent() && kubernetes)
         }
     })
-}
-
-/// Files editors write beside the one being edited: vim's swap files and write test,
-/// Emacs' lock files, backups ending in `~`.
-fn editor_scratch(name: &str) -> bool {
-    name.ends_with(".swp")
-        || name.ends_with(".swx")
-        || name.ends_with('~')
-        || name.starts_with(".#")
-        || name == "4913"
 }
 
 /// `path` made absolute (as the watcher reports paths), without resolving symlinks.
@@ -322,12 +320,14 @@ mod tests {
             "/etc/abgate/conf.d/team",
             "/etc/abgate/mesh.yaml",
             "/etc/abgate/..data",
+            "/etc/abgate/conf.d/..2026_12_03_18_00_00.123",
         ] {
             assert!(relevant(&watched, Path::new(changed)), "{changed}");
         }
         for changed in [
             "/etc/abgate/conf.d/.routes.yaml.swp",
             "/etc/abgate/conf.d/routes.yaml~",
+            "/etc/abgate/conf.d/state.db-wal",
             "/etc/abgate/other.yaml",
             "/etc/abgate-other/mesh.yaml",
         ] {

@@ -131,6 +131,9 @@ fn acceptable(loaded: &Loaded, strict: bool) -> bool {
 }
 
 async fn serve(args: ServeArgs) -> ExitCode {
+    // Watching starts before the first read, so that no change after it goes unseen.
+    let (reload_tx, mut reload_rx) = mpsc::channel::<()>(1);
+    let _watcher = crate::reload::watch_files(&args.files, reload_tx);
     let loaded = match abgate_config::load(&args.files) {
         Ok(l) => l,
         Err(e) => {
@@ -180,8 +183,6 @@ async fn serve(args: ServeArgs) -> ExitCode {
         }
     };
     tokio::spawn(std::sync::Arc::clone(&controller).run(stop_rx));
-    announce(&running);
-
     let reloader = Arc::new(Reloader::new(
         running.control(),
         Arc::clone(&controller),
@@ -189,11 +190,12 @@ async fn serve(args: ServeArgs) -> ExitCode {
         args.strict,
         &loaded,
     ));
-    let (reload_tx, mut reload_rx) = mpsc::channel::<()>(1);
-    let _watcher = crate::reload::watch_files(&args.files, reload_tx);
     let mut settle = Settle::new(args.reload_settle);
+    // Before announcing: a SIGHUP sent as soon as the addresses are printed must reload,
+    // not end the process (the default action).
     let mut hangup = signal(tokio::signal::unix::SignalKind::hangup());
     let mut terminate = signal(tokio::signal::unix::SignalKind::terminate());
+    announce(&running);
     loop {
         tokio::select! {
             _ = hangup.recv() => {
