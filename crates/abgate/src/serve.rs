@@ -174,8 +174,8 @@ async fn serve(args: ServeArgs) -> ExitCode {
         }
     };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let controller = match start_experiments(&running, &args) {
-        Ok(c) => c,
+    let (controller, store) = match start_experiments(&running, &args) {
+        Ok(started) => started,
         Err(e) => {
             eprintln!("abgate serve: {e:#}");
             running.shutdown(Duration::ZERO).await;
@@ -211,11 +211,22 @@ async fn serve(args: ServeArgs) -> ExitCode {
     let _ = stop_tx.send(true);
     tracing::info!(grace = ?args.grace, "draining");
     running.shutdown(args.grace).await;
+    // The main file whole on the way out, so that a stopped gateway's state file alone
+    // is a usable copy.
+    match tokio::task::spawn_blocking(move || store.checkpoint()).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => tracing::warn!("state checkpoint: {e}"),
+        Err(e) => tracing::warn!("state checkpoint: {e}"),
+    }
     ExitCode::SUCCESS
 }
 
-/// Opens the state store, resumes the experiments and installs the admin API.
-fn start_experiments(running: &Running, args: &ServeArgs) -> anyhow::Result<Arc<Controller>> {
+/// Opens the state store, resumes the experiments and installs the admin API; the
+/// controller and a handle on the store (to checkpoint it).
+fn start_experiments(
+    running: &Running,
+    args: &ServeArgs,
+) -> anyhow::Result<(Arc<Controller>, abgate_state::Store)> {
     let state_path = args.state.clone().unwrap_or_else(default_state_path);
     if let Some(dir) = state_path.parent().filter(|d| !d.as_os_str().is_empty()) {
         use std::os::unix::fs::DirBuilderExt as _;
@@ -230,7 +241,7 @@ fn start_experiments(running: &Running, args: &ServeArgs) -> anyhow::Result<Arc<
     let store = crate::state::open_for_serve(&state_path, args.state_reset)?;
     tokio::spawn(crate::state::checkpoint_periodically(store.clone()));
     let control = running.control();
-    let controller = Controller::start(Arc::clone(&control), store)?;
+    let controller = Controller::start(Arc::clone(&control), store.clone())?;
     let config = control.config();
     controller.restore_api_experiments(|doc| crate::api::parse_experiment(doc, &config))?;
     running.install_api(Box::new(ExperimentsApi::new(
@@ -239,7 +250,7 @@ fn start_experiments(running: &Running, args: &ServeArgs) -> anyhow::Result<Arc<
         token,
     )));
     tracing::info!(state = %state_path.display(), "experiment state");
-    Ok(controller)
+    Ok((controller, store))
 }
 
 /// Where experiment state lives by default: `$XDG_STATE_HOME/abgate/state.db`, else
