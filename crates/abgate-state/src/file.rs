@@ -39,6 +39,40 @@ pub(crate) fn database_files(path: &Path) -> [PathBuf; 3] {
     ]
 }
 
+/// The `-wal` and `-shm` of a database that did not exist before a connection opened it,
+/// so that a refused file can be left as it was found.
+pub(crate) struct Companions {
+    wal: Option<PathBuf>,
+    shm: Option<PathBuf>,
+}
+
+impl Companions {
+    /// Notes which of the `-wal` and `-shm` of `path` do not exist yet.
+    pub(crate) fn before_opening(path: &Path) -> Self {
+        let absent = |suffix| {
+            let file = with_suffix(path, suffix);
+            std::fs::symlink_metadata(&file).is_err().then_some(file)
+        };
+        Companions {
+            wal: absent("-wal"),
+            shm: absent("-shm"),
+        }
+    }
+
+    /// Removes those the opening created: the log if still empty (nothing was written
+    /// to it), and the index. Best effort: they are harmless if they stay.
+    pub(crate) fn remove_those_opening_made(self) {
+        if let Some(wal) = self.wal {
+            if std::fs::metadata(&wal).is_ok_and(|m| m.len() == 0) {
+                let _ = std::fs::remove_file(wal);
+            }
+        }
+        if let Some(shm) = self.shm {
+            let _ = std::fs::remove_file(shm);
+        }
+    }
+}
+
 /// A temporary name beside `path`, unique to this process.
 pub(crate) fn temporary_beside(path: &Path, purpose: &str) -> PathBuf {
     with_suffix(path, &format!(".{purpose}-{}", std::process::id()))

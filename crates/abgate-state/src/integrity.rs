@@ -29,9 +29,12 @@ pub(crate) fn preflight(path: &Path) -> Result<(), StateError> {
     if len == 0 {
         return Err(corrupt(path, "it is empty (0 bytes): truncated"));
     }
-    let mut magic = [0u8; 16];
-    let read = file.read(&mut magic).map_err(io)?;
-    if read < magic.len() || &magic != SQLITE_MAGIC {
+    let mut magic = Vec::with_capacity(SQLITE_MAGIC.len());
+    (&mut file)
+        .take(SQLITE_MAGIC.len() as u64)
+        .read_to_end(&mut magic)
+        .map_err(io)?;
+    if !SQLITE_MAGIC.starts_with(&magic) {
         return Err(foreign(path, "it is not an SQLite database"));
     }
     if len < HEADER_LEN {

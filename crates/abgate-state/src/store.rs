@@ -463,18 +463,26 @@ impl Store {
 pub(crate) fn open_existing(path: &Path) -> Result<Connection, StateError> {
     integrity::preflight(path)?;
     let damage = |e| integrity::sqlite_damage(path, e);
+    let companions = file::Companions::before_opening(path);
     // No CREATE: the file was there a moment ago; if it went, say so rather than make it.
     let conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
     .map_err(damage)?;
-    // Until the checks pass, closing must not fold the log into the main file (SQLite
-    // does when the last connection closes): a refused file is left as it was found.
-    conn.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)?;
-    // Checked before configuring: setting WAL mode would write to a foreign file.
-    conn.busy_timeout(schema::BUSY_TIMEOUT)?;
-    integrity::verify(&conn, path)?;
+    let checked = (|| {
+        // Until the checks pass, closing must not fold the log into the main file (SQLite
+        // does when the last connection closes): a refused file is left as it was found.
+        conn.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)?;
+        // Checked before configuring: setting WAL mode would write to a foreign file.
+        conn.busy_timeout(schema::BUSY_TIMEOUT)?;
+        integrity::verify(&conn, path)
+    })();
+    if let Err(e) = checked {
+        drop(conn);
+        companions.remove_those_opening_made();
+        return Err(e);
+    }
     conn.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, false)?;
     schema::configure(&conn).map_err(damage)?;
     Ok(conn)

@@ -67,6 +67,10 @@ fn a_truncated_file_is_refused_and_left_as_it_is() {
     let err = Store::open(&path).unwrap_err().to_string();
     assert!(err.contains(&path.display().to_string()), "{err}");
     assert_eq!(std::fs::metadata(&path).unwrap().len(), len / 2);
+    assert!(
+        !with_suffix(&path, "-wal").exists() && !with_suffix(&path, "-shm").exists(),
+        "refusing made no log or index beside it"
+    );
 }
 
 #[test]
@@ -76,6 +80,8 @@ fn an_empty_or_headless_file_is_refused() {
     filled(&path, 1);
     let whole = std::fs::read(&path).unwrap();
     std::fs::write(&path, &whole[..50]).unwrap();
+    expect_corrupt(&path, "shorter than a database header");
+    std::fs::write(&path, &whole[..7]).unwrap();
     expect_corrupt(&path, "shorter than a database header");
     std::fs::write(&path, b"").unwrap();
     expect_corrupt(&path, "empty");

@@ -128,9 +128,30 @@ impl Reloader {
     }
 
     /// Reads the files and applies them, or refuses them and says why.
+    ///
+    /// A named file or directory that no longer exists was deleted: it contributes
+    /// nothing, like a deleted file inside a named directory. When none of them exists,
+    /// that is a lost volume or a wrong working directory rather than an edit, and the
+    /// reload is refused.
     pub fn reload(&self) {
         let gateway = self.control.telemetry().gateway();
-        let loaded = match abgate_config::load(&self.files) {
+        let present: Vec<PathBuf> = self
+            .files
+            .iter()
+            .filter(|p| std::fs::symlink_metadata(p).is_ok())
+            .cloned()
+            .collect();
+        if present.is_empty() {
+            gateway.record_config_reload(false);
+            tracing::error!(
+                "reload refused: none of the configuration paths exists any more; the running configuration stays"
+            );
+            return;
+        }
+        for gone in self.files.iter().filter(|p| !present.contains(p)) {
+            tracing::warn!("reload: {} was deleted; its resources go", gone.display());
+        }
+        let loaded = match abgate_config::load(&present) {
             Ok(loaded) => loaded,
             Err(e) => {
                 gateway.record_config_reload(false);
@@ -240,7 +261,8 @@ pub fn watch_files(paths: &[PathBuf], tx: mpsc::Sender<()>) -> Option<notify::Re
     Some(watcher)
 }
 
-/// Whether a change to `changed` concerns the configuration: it is a named file, or,
+/// Whether a change to `changed` concerns the configuration: it is a named path or a
+/// directory above one, or,
 /// under a named directory, what the loader reads there (a `.yaml` or `.yml` file) or
 /// may be a directory holding some (a name without extension). Kubernetes mounts a
 /// ConfigMap as symlinks into a `..data` directory that it swaps whole, so a change to a
@@ -253,7 +275,10 @@ fn relevant(watched: &[(PathBuf, bool)], changed: &Path) -> bool {
         .unwrap_or_default();
     let kubernetes = name.starts_with("..");
     watched.iter().any(|(path, is_dir)| {
-        if *is_dir {
+        if path.starts_with(changed) {
+            // The file itself, or a directory above it moved or deleted.
+            true
+        } else if *is_dir {
             changed.starts_with(path)
                 && (kubernetes
                     || match changed.extension().and_then(|e| e.to_str()) {
@@ -261,7 +286,7 @@ fn relevant(watched: &[(PathBuf, bool)], changed: &Path) -> bool {
                         Some(ext) => matches!(ext, "yaml" | "yml"),
                     })
         } else {
-            changed == path || (changed.parent() == path.parent() && kubernetes)
+            changed.parent() == path.parent() && kubernetes
         }
     })
 }
@@ -321,6 +346,7 @@ mod tests {
             "/etc/abgate/mesh.yaml",
             "/etc/abgate/..data",
             "/etc/abgate/conf.d/..2026_12_03_18_00_00.123",
+            "/etc/abgate",
         ] {
             assert!(relevant(&watched, Path::new(changed)), "{changed}");
         }

@@ -327,3 +327,46 @@ fn a_file_written_in_two_stages_is_read_once_it_has_settled() {
     // One reload, of the whole file: the half was never loaded.
     assert_eq!(reloads(&gw), (1, 0));
 }
+
+#[test]
+fn deleting_a_named_file_removes_its_routes_but_losing_every_file_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut processes = Processes::new(dir.path());
+    let config = dir.path().join("config");
+    std::fs::create_dir(&config).expect("config dir");
+    let v10 = start_sim(&mut processes, "v1-0", 1);
+    let v11 = start_sim(&mut processes, "v1-1", 1);
+    let routes = mesh_with_routes_apart(&config, v10, v11);
+    let mesh = config.join("mesh.yaml");
+    let routes_arg = routes.to_str().expect("UTF-8 path");
+    let gw = start_gateway(
+        &mut processes,
+        "gateway",
+        &mesh,
+        &dir.path().join("state.db"),
+        &["-f", routes_arg],
+    );
+    assert_eq!(answering_model(gw.http), model_of("v1-0"));
+    let status = |gw: &Gateway| {
+        http(
+            gw.http,
+            "POST",
+            "/v1/chat/completions",
+            &[("Host", HOST), ("Content-Type", "application/json")],
+            CHAT,
+        )
+        .status
+    };
+
+    std::fs::remove_file(&routes).expect("deleted");
+    wait_for_reloads(&gw, (1, 0));
+    assert_eq!(status(&gw), 404);
+
+    // Routes back; then every named file gone: not an edit, refused, routes stay.
+    std::fs::write(&routes, routes_to("llama-3.1-8b-routes", "v1-1")).expect("written");
+    wait_for_reloads(&gw, (2, 0));
+    assert_eq!(answering_model(gw.http), model_of("v1-1"));
+    std::fs::rename(&config, dir.path().join("config-moved")).expect("moved away");
+    wait_for_reloads(&gw, (2, 1));
+    assert_eq!(answering_model(gw.http), model_of("v1-1"));
+}
