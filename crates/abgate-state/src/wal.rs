@@ -54,8 +54,7 @@ fn check_bytes(log: &[u8]) -> Result<(), Damage> {
         return Err(format!("its header has format version {}", word(4)));
     }
     let page_size = match word(8) {
-        1 => 65_536,
-        n if (512..=32_768).contains(&n) && n.is_power_of_two() => n as usize,
+        n if (512..=65_536).contains(&n) && n.is_power_of_two() => n as usize,
         n => return Err(format!("its header has an impossible page size {n}")),
     };
     let salts = (word(16), word(20));
