@@ -1,5 +1,7 @@
 //! The store's error type.
 
+use std::path::PathBuf;
+
 /// Why a [`Store`](crate::Store) call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -38,5 +40,31 @@ pub enum StateError {
         found: u64,
         /// The newest schema version this build knows.
         supported: u64,
+    },
+    /// The state file is damaged: cut short, overwritten, or its write-ahead log is.
+    /// Nothing was read from it or written to it.
+    #[error("the experiment state file {} is damaged: {problem}", path.display())]
+    Corrupt {
+        /// The state file.
+        path: PathBuf,
+        /// What is wrong, in a sentence.
+        problem: String,
+    },
+    /// The file is not abgate's state: not an SQLite database, or another program's.
+    /// Nothing was written to it.
+    #[error("{} is not an abgate experiment state file: {problem}", path.display())]
+    Foreign {
+        /// The file.
+        path: PathBuf,
+        /// Why not, in a sentence.
+        problem: String,
+    },
+    /// A file operation on the state file (or a backup) failed.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
     },
 }

@@ -13,15 +13,26 @@
 //! JSON so that this crate does not depend on the experiment crate's types;
 //! [`StoredExperiment::spec_as`] and [`StoredExperiment::state_as`] read them back typed.
 //!
+//! A state file is checked before anything reads it ([`Store::open`]): one cut short,
+//! overwritten, or whose write-ahead log is damaged past its torn tail is refused with
+//! [`StateError::Corrupt`], one that is not abgate's with [`StateError::Foreign`], rather
+//! than opened as an empty or older state. [`Store::checkpoint`] folds the log into the
+//! main file, and [`backup`] copies a live database with SQLite's online backup API.
+//!
 //! The store is meant for the controller, a few calls per interval: one connection behind
 //! a mutex, and one fsync per write. It is never on the request path.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod backup;
 mod error;
+mod file;
+mod integrity;
 mod schema;
 mod store;
+mod wal;
 
+pub use backup::{backup, BackupSummary};
 pub use error::StateError;
 pub use store::{DecisionRow, SplitChange, Store, StoredExperiment};

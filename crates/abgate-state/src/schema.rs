@@ -1,5 +1,6 @@
 //! Connection settings and idempotent migrations.
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use rusqlite::{Connection, TransactionBehavior};
@@ -28,10 +29,10 @@ CREATE TABLE IF NOT EXISTS schema_version (
 /// How long a write waits for another connection's write lock (another process on the
 /// same file, such as a second controller starting while the first drains) before it
 /// fails with `SQLITE_BUSY`. Writes are tiny, so waiting is always better than failing.
-const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Sets the per-connection pragmas, then migrates.
-pub(crate) fn prepare(conn: &mut Connection) -> Result<(), StateError> {
+/// Sets the per-connection pragmas.
+pub(crate) fn configure(conn: &Connection) -> rusqlite::Result<()> {
     conn.busy_timeout(BUSY_TIMEOUT)?;
     // WAL: a commit appends to the log instead of rewriting pages in place, so a process
     // killed mid-commit leaves the last committed state intact (the torn tail of the log
@@ -46,14 +47,13 @@ pub(crate) fn prepare(conn: &mut Connection) -> Result<(), StateError> {
     // commit, is paid a few times per controller interval, never on the request path.
     conn.pragma_update(None, "synchronous", "FULL")?;
     // SQLite leaves foreign keys off unless asked, per connection.
-    conn.pragma_update(None, "foreign_keys", true)?;
-    migrate(conn)
+    conn.pragma_update(None, "foreign_keys", true)
 }
 
 /// Brings the schema up to [`SCHEMA_VERSION`]. Idempotent, and safe when two processes
 /// open the same file at once: the check and the migrations run in one IMMEDIATE
 /// transaction, so the second waits and then finds nothing left to do.
-fn migrate(conn: &mut Connection) -> Result<(), StateError> {
+pub(crate) fn migrate(conn: &mut Connection) -> Result<(), StateError> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     tx.execute_batch(SCHEMA_VERSION_TABLE)?;
     let found: u64 = tx.query_row(
@@ -78,4 +78,24 @@ fn migrate(conn: &mut Connection) -> Result<(), StateError> {
     }
     tx.commit()?;
     Ok(())
+}
+
+/// The tables, with their columns, that abgate's schema has at `version`: the migrations
+/// up to it, run on an empty in-memory database.
+pub(crate) fn tables_at(version: u64) -> Result<Vec<(String, BTreeSet<String>)>, StateError> {
+    let conn = Connection::open_in_memory()?;
+    conn.execute_batch(SCHEMA_VERSION_TABLE)?;
+    for sql in MIGRATIONS.iter().take(version as usize) {
+        conn.execute_batch(sql)?;
+    }
+    Ok(crate::integrity::columns_of_tables(&conn)?)
+}
+
+/// Whether the database has abgate's `experiments` table (and so its others).
+pub(crate) fn has_experiments_table(conn: &Connection) -> rusqlite::Result<bool> {
+    conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = 'experiments')",
+        [],
+        |row| row.get(0),
+    )
 }

@@ -1,21 +1,26 @@
 //! The store: one SQLite connection and the operations the controller needs.
 
 use std::path::Path;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use rusqlite::config::DbConfig;
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::{schema, StateError};
+use crate::{file, integrity, schema, StateError};
 
 /// Durable experiment state in one SQLite database.
 ///
-/// `Send + Sync`: the connection sits behind a mutex. Every write is one transaction
-/// committed with an fsync before the call returns.
-#[derive(Debug)]
+/// `Send + Sync`: the connection sits behind a mutex; clones share it (so that a timer
+/// can [checkpoint](Store::checkpoint) the store the controller owns). Every write is one
+/// transaction committed with an fsync before the call returns.
+#[derive(Debug, Clone)]
 pub struct Store {
-    conn: Mutex<Connection>,
+    conn: Arc<Mutex<Connection>>,
+    /// The connection's change count at the last complete checkpoint.
+    checkpointed_at: Arc<AtomicU64>,
 }
 
 /// An experiment as stored.
@@ -78,28 +83,69 @@ pub struct SplitChange {
 }
 
 impl Store {
-    /// Opens the database at `path`, creating it if needed, with WAL, `synchronous=FULL`,
-    /// foreign keys and a busy timeout, and brings its schema up to date.
+    /// Opens the database at `path` with WAL, `synchronous=FULL`, foreign keys and a busy
+    /// timeout, and brings its schema up to date.
+    ///
+    /// A missing file is created whole (mode 0600, schema included) under another name
+    /// and then linked into place, so a file at `path` is never a half-made database. An
+    /// existing file is checked before anything reads it: one cut short, overwritten, or
+    /// whose write-ahead log is damaged is refused with [`StateError::Corrupt`], one that
+    /// is not abgate's with [`StateError::Foreign`], and neither is written to.
     pub fn open(path: &Path) -> Result<Store, StateError> {
-        Store::prepare(Connection::open(path)?)
+        if !file::exists(path)? {
+            file::create_database(path, |conn| {
+                schema::configure(conn)?;
+                schema::migrate(conn)
+            })?;
+        }
+        let mut conn = open_existing(path)?;
+        schema::migrate(&mut conn)?;
+        Ok(Store::wrap(conn))
     }
 
     /// Opens a fresh private in-memory database (for tests: nothing survives the `Store`).
     pub fn open_in_memory() -> Result<Store, StateError> {
-        Store::prepare(Connection::open_in_memory()?)
+        let mut conn = Connection::open_in_memory()?;
+        schema::configure(&conn)?;
+        schema::migrate(&mut conn)?;
+        Ok(Store::wrap(conn))
     }
 
-    fn prepare(mut conn: Connection) -> Result<Store, StateError> {
-        schema::prepare(&mut conn)?;
-        Ok(Store {
-            conn: Mutex::new(conn),
-        })
+    fn wrap(conn: Connection) -> Store {
+        Store {
+            conn: Arc::new(Mutex::new(conn)),
+            // Never a change count: the first checkpoint always runs, folding in whatever
+            // log a crash left.
+            checkpointed_at: Arc::new(AtomicU64::new(u64::MAX)),
+        }
     }
 
     fn conn(&self) -> MutexGuard<'_, Connection> {
         // Poisoning carries no information here: a panic while the lock was held dropped
         // any open `Transaction`, which rolls back, so the connection is as it was.
         self.conn.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Copies the write-ahead log into the main file and empties the log, if anything was
+    /// written since the last time; returns whether the main file now holds every commit.
+    ///
+    /// TRUNCATE rather than PASSIVE: it waits (up to the busy timeout) for readers such as
+    /// a running backup instead of skipping the frames they still see, and leaves a log of
+    /// zero bytes, so that the main file alone is the whole state (a copy of it is a
+    /// usable backup) and no stale log lies around to be replayed. `false` when a reader
+    /// held it up past the busy timeout; the next call tries again.
+    pub fn checkpoint(&self) -> Result<bool, StateError> {
+        let conn = self.conn();
+        let changes = conn.total_changes();
+        if self.checkpointed_at.load(Ordering::Relaxed) == changes {
+            return Ok(true);
+        }
+        let busy: i64 = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| row.get(0))?;
+        if busy != 0 {
+            return Ok(false);
+        }
+        self.checkpointed_at.store(changes, Ordering::Relaxed);
+        Ok(true)
     }
 
     /// Creates the experiment `id`, or replaces its spec and state documents; returns its
@@ -411,6 +457,35 @@ impl Store {
             .collect::<Result<Vec<_>, _>>()?;
         Ok(rows)
     }
+}
+
+/// Opens an existing state file after checking it, configured, not yet migrated.
+pub(crate) fn open_existing(path: &Path) -> Result<Connection, StateError> {
+    integrity::preflight(path)?;
+    let damage = |e| integrity::sqlite_damage(path, e);
+    let companions = file::Companions::before_opening(path);
+    // No CREATE: the file was there a moment ago; if it went, say so rather than make it.
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(damage)?;
+    let checked = (|| {
+        // Until the checks pass, closing must not fold the log into the main file (SQLite
+        // does when the last connection closes): a refused file is left as it was found.
+        conn.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)?;
+        // Checked before configuring: setting WAL mode would write to a foreign file.
+        conn.busy_timeout(schema::BUSY_TIMEOUT)?;
+        integrity::verify(&conn, path)
+    })();
+    if let Err(e) = checked {
+        drop(conn);
+        companions.remove_those_opening_made();
+        return Err(e);
+    }
+    conn.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, false)?;
+    schema::configure(&conn).map_err(damage)?;
+    Ok(conn)
 }
 
 fn experiment_not_found(id: &str) -> StateError {

@@ -5,8 +5,8 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 /// Counters and gauges about the gateway itself, rendered as `abgate_*`.
 #[derive(Debug, Default)]
 pub struct GatewayStats {
-    config_reloads_ok: AtomicU64,
-    config_reloads_failed: AtomicU64,
+    config_reloads_applied: AtomicU64,
+    config_reloads_refused: AtomicU64,
     endpoint_ejections: AtomicU64,
     pool_overflows: AtomicU64,
     requests_in_flight: AtomicI64,
@@ -15,12 +15,13 @@ pub struct GatewayStats {
 }
 
 impl GatewayStats {
-    /// Counts a configuration reload that took effect (`ok`) or was refused.
-    pub fn record_config_reload(&self, ok: bool) {
-        if ok {
-            self.config_reloads_ok.fetch_add(1, Relaxed);
+    /// Counts a configuration reload: `applied` when the new configuration took effect,
+    /// else refused (unreadable, or adding errors) with the running one kept.
+    pub fn record_config_reload(&self, applied: bool) {
+        if applied {
+            self.config_reloads_applied.fetch_add(1, Relaxed);
         } else {
-            self.config_reloads_failed.fetch_add(1, Relaxed);
+            self.config_reloads_refused.fetch_add(1, Relaxed);
         }
     }
 
@@ -79,13 +80,13 @@ impl GatewayStats {
     }
 
     /// Reloads that took effect.
-    pub fn config_reloads_ok(&self) -> u64 {
-        self.config_reloads_ok.load(Relaxed)
+    pub fn config_reloads_applied(&self) -> u64 {
+        self.config_reloads_applied.load(Relaxed)
     }
 
-    /// Reloads refused.
-    pub fn config_reloads_failed(&self) -> u64 {
-        self.config_reloads_failed.load(Relaxed)
+    /// Reloads refused, the running configuration kept.
+    pub fn config_reloads_refused(&self) -> u64 {
+        self.config_reloads_refused.load(Relaxed)
     }
 
     /// Endpoint ejections.

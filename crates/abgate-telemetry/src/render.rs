@@ -293,17 +293,17 @@ fn render_gateway(out: &mut String, g: &GatewayStats) {
         out,
         "abgate_config_reloads_total",
         "counter",
-        "Configuration reloads, by whether they took effect.",
+        "Configuration reloads after startup: applied, or refused with the running configuration kept.",
     );
     let _ = writeln!(
         out,
-        "abgate_config_reloads_total{{result=\"ok\"}} {}",
-        g.config_reloads_ok()
+        "abgate_config_reloads_total{{result=\"applied\"}} {}",
+        g.config_reloads_applied()
     );
     let _ = writeln!(
         out,
-        "abgate_config_reloads_total{{result=\"failed\"}} {}",
-        g.config_reloads_failed()
+        "abgate_config_reloads_total{{result=\"refused\"}} {}",
+        g.config_reloads_refused()
     );
     header(
         out,

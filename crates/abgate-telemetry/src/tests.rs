@@ -133,10 +133,10 @@ fn gateway_families_render_counters_and_gauges() {
     g.connection_opened();
     g.record_connection_refused();
     let want = "\
-# HELP abgate_config_reloads_total Configuration reloads, by whether they took effect.
+# HELP abgate_config_reloads_total Configuration reloads after startup: applied, or refused with the running configuration kept.
 # TYPE abgate_config_reloads_total counter
-abgate_config_reloads_total{result=\"ok\"} 2
-abgate_config_reloads_total{result=\"failed\"} 1
+abgate_config_reloads_total{result=\"applied\"} 2
+abgate_config_reloads_total{result=\"refused\"} 1
 # HELP abgate_endpoint_ejections_total Endpoints ejected by outlier detection.
 # TYPE abgate_endpoint_ejections_total counter
 abgate_endpoint_ejections_total 1

@@ -8,7 +8,9 @@ mod demo;
 mod experiment_cli;
 mod http_client;
 mod prometheus_source;
+mod reload;
 mod serve;
+mod state;
 mod stats_cli;
 
 use std::process::ExitCode;
@@ -33,6 +35,8 @@ enum Command {
     Sim(abgate_sim::SimArgs),
     /// Manage experiments through a running gateway's admin API.
     Experiment(experiment_cli::ExperimentArgs),
+    /// The experiment state file: `abgate state backup FILE`.
+    State(state::StateArgs),
     /// Offline statistics: SRM checks and A/B comparisons from sufficient statistics.
     Stats(stats_cli::StatsArgs),
     /// Run the end-to-end demo (simulated models, gateway, load, canary experiment).
@@ -48,6 +52,7 @@ fn main() -> ExitCode {
         Command::Sim(args) => run_async(abgate_sim::run(args)),
         Command::Demo(args) => demo::run(args),
         Command::Experiment(args) => experiment_cli::run(args),
+        Command::State(args) => state::run(args),
         Command::Stats(args) => stats_cli::run(args),
     }
 }

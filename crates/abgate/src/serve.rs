@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use abgate_config::{Diagnostic, Loaded, Severity};
-use abgate_proxy::{AccessLogTarget, Control, Running, ServeOptions};
+use abgate_config::{Diagnostic, Loaded};
+use abgate_proxy::{AccessLogTarget, Running, ServeOptions};
 use anyhow::Context as _;
 use std::path::Path;
 use std::sync::Arc;
@@ -15,7 +15,7 @@ use std::sync::Arc;
 use crate::api::ExperimentsApi;
 use crate::controller::Controller;
 use crate::http_client::{AllowList, WebhookClient};
-use notify::Watcher;
+use crate::reload::{Reloader, Settle};
 use tokio::sync::mpsc;
 
 /// Arguments of `abgate serve`.
@@ -52,9 +52,18 @@ pub struct ServeArgs {
     /// Length of the windows of the per-variant sample store that analysis reads.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     analysis_window: Duration,
-    /// The experiment state file (SQLite); default $XDG_STATE_HOME/abgate/state.db.
+    /// The experiment state file (SQLite); default $XDG_STATE_HOME/abgate/state.db. A
+    /// damaged or foreign file stops startup.
     #[arg(long)]
     state: Option<PathBuf>,
+    /// Start with no stored experiments: move the state file (and its -wal and -shm)
+    /// aside to <file>.reset-<UTC time> first. Nothing is deleted.
+    #[arg(long)]
+    state_reset: bool,
+    /// How long the configuration files must see no change before a reload reads them,
+    /// so that a file written in stages is never loaded half-way.
+    #[arg(long, default_value = crate::reload::DEFAULT_SETTLE, value_parser = parse_duration)]
+    reload_settle: Duration,
     /// A file holding the admin API's bearer token, at least 16 bytes (else
     /// ABGATE_ADMIN_TOKEN, else one is generated beside the state file as admin.token).
     /// An empty or short token stops startup.
@@ -141,16 +150,6 @@ pub fn run(args: ServeArgs) -> ExitCode {
     runtime.block_on(serve(args))
 }
 
-fn log_diagnostics(loaded: &Loaded) {
-    for d in &loaded.diagnostics {
-        match d.severity {
-            Severity::Error => tracing::error!("{d}"),
-            Severity::Warning => tracing::warn!("{d}"),
-            Severity::Info => tracing::info!("{d}"),
-        }
-    }
-}
-
 /// Whether a configuration may replace the running one (or start).
 fn acceptable(loaded: &Loaded, strict: bool) -> bool {
     if strict {
@@ -161,6 +160,9 @@ fn acceptable(loaded: &Loaded, strict: bool) -> bool {
 }
 
 async fn serve(args: ServeArgs) -> ExitCode {
+    // Watching starts before the first read, so that no change after it goes unseen.
+    let (reload_tx, mut reload_rx) = mpsc::channel::<()>(1);
+    let _watcher = crate::reload::watch_files(&args.files, reload_tx);
     let loaded = match abgate_config::load(&args.files) {
         Ok(l) => l,
         Err(e) => {
@@ -168,7 +170,7 @@ async fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    log_diagnostics(&loaded);
+    crate::reload::log_diagnostics(&loaded.diagnostics);
     if !acceptable(&loaded, args.strict) {
         eprintln!("abgate serve: the configuration has errors and --strict is set");
         return ExitCode::FAILURE;
@@ -231,8 +233,9 @@ async fn serve(args: ServeArgs) -> ExitCode {
         }
     };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let controller = match start_experiments(&running, &state_path, token, webhooks) {
-        Ok(c) => c,
+    let started = start_experiments(&running, &state_path, args.state_reset, token, webhooks);
+    let (controller, store) = match started {
+        Ok(started) => started,
         Err(e) => {
             eprintln!("abgate serve: {e:#}");
             running.shutdown(Duration::ZERO).await;
@@ -240,22 +243,27 @@ async fn serve(args: ServeArgs) -> ExitCode {
         }
     };
     tokio::spawn(std::sync::Arc::clone(&controller).run(stop_rx));
-    announce(&running);
-
-    let control = running.control();
-    let (reload_tx, mut reload_rx) = mpsc::channel::<()>(1);
-    let _watcher = watch_files(&args.files, reload_tx.clone());
+    let reloader = Arc::new(Reloader::new(
+        running.control(),
+        Arc::clone(&controller),
+        args.files.clone(),
+        args.strict,
+        &loaded,
+    ));
+    let mut settle = Settle::new(args.reload_settle);
+    // Before announcing: a SIGHUP sent as soon as the addresses are printed must reload,
+    // not end the process (the default action).
     let mut hangup = signal(tokio::signal::unix::SignalKind::hangup());
     let mut terminate = signal(tokio::signal::unix::SignalKind::terminate());
+    announce(&running);
     loop {
         tokio::select! {
-            _ = hangup.recv() => reload_aside(&control, &controller, &args).await,
-            Some(()) = reload_rx.recv() => {
-                // Editors write in several steps: let them finish before reading.
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                while reload_rx.try_recv().is_ok() {}
-                reload_aside(&control, &controller, &args).await;
+            _ = hangup.recv() => {
+                settle.clear();
+                reloader.reload_aside().await;
             }
+            Some(()) = reload_rx.recv() => settle.changed(),
+            () = settle.settled() => reloader.reload_aside().await,
             _ = terminate.recv() => break,
             _ = tokio::signal::ctrl_c() => break,
         }
@@ -263,28 +271,44 @@ async fn serve(args: ServeArgs) -> ExitCode {
     let _ = stop_tx.send(true);
     tracing::info!(grace = ?args.grace, "draining");
     running.shutdown(args.grace).await;
+    // The main file whole on the way out, so that a stopped gateway's state file alone
+    // is a usable copy.
+    match tokio::task::spawn_blocking(move || store.checkpoint()).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => tracing::warn!("state checkpoint: {e}"),
+        Err(e) => tracing::warn!("state checkpoint: {e}"),
+    }
     ExitCode::SUCCESS
 }
 
 /// The admin token, once the state file's directory (where a generated one goes) exists.
 fn admin_token_beside(args: &ServeArgs, state_path: &Path) -> anyhow::Result<String> {
     if let Some(dir) = state_path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        use std::os::unix::fs::DirBuilderExt as _;
+        // Private: it holds the state and the generated admin token.
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("creating {}", dir.display()))?;
     }
     admin_token(args, state_path)
 }
 
-/// Opens the state store, resumes the experiments and installs the admin API.
+/// Opens the state store (moving a damaged one aside first when `reset`), resumes the
+/// experiments and installs the admin API; the controller and a handle on the store (to
+/// checkpoint it).
 fn start_experiments(
     running: &Running,
     state_path: &Path,
+    reset: bool,
     token: String,
     webhooks: WebhookClient,
-) -> anyhow::Result<Arc<Controller>> {
-    let store = abgate_state::Store::open(state_path)
-        .with_context(|| format!("opening the state store {}", state_path.display()))?;
+) -> anyhow::Result<(Arc<Controller>, abgate_state::Store)> {
+    let store = crate::state::open_for_serve(state_path, reset)?;
+    tokio::spawn(crate::state::checkpoint_periodically(store.clone()));
     let control = running.control();
-    let controller = Controller::start(Arc::clone(&control), store, webhooks)?;
+    let controller = Controller::start(Arc::clone(&control), store.clone(), webhooks)?;
     let config = control.config();
     controller.restore_api_experiments(|doc| crate::api::parse_experiment(doc, &config))?;
     running.install_api(Box::new(ExperimentsApi::new(
@@ -293,7 +317,7 @@ fn start_experiments(
         token,
     )));
     tracing::info!(state = %state_path.display(), "experiment state");
-    Ok(controller)
+    Ok((controller, store))
 }
 
 /// Where experiment state lives by default: `$XDG_STATE_HOME/abgate/state.db`, else
@@ -370,9 +394,10 @@ pub fn token_path(state_path: &Path) -> PathBuf {
     state_path.with_file_name("admin.token")
 }
 
+/// Writes `text` to `path`, readable by the owner only, also when the file existed.
 fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
     use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
     let mut file = std::fs::OpenOptions::new()
         .create(true)
         .write(true)
@@ -380,6 +405,10 @@ fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
         .mode(0o600)
         .open(path)
         .with_context(|| format!("writing {}", path.display()))?;
+    // `mode` applies only to a file created now; tighten one that was there before
+    // writing the secret into it.
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("restricting {}", path.display()))?;
     file.write_all(text.as_bytes())?;
     Ok(())
 }
@@ -396,58 +425,4 @@ fn announce(running: &Running) {
         println!("listening {scheme} {addr} (gateway port {port})");
     }
     println!("listening admin {}", running.admin);
-}
-
-/// Reloads on the blocking pool: reading, checking and compiling a large configuration
-/// takes milliseconds that a one-thread runtime would otherwise take from the requests.
-async fn reload_aside(control: &Arc<Control>, controller: &Arc<Controller>, args: &ServeArgs) {
-    let control = Arc::clone(control);
-    let controller = Arc::clone(controller);
-    let files = args.files.clone();
-    let strict = args.strict;
-    let done = tokio::task::spawn_blocking(move || reload(&control, &controller, &files, strict));
-    if let Err(e) = done.await {
-        tracing::error!("reload failed: {e}");
-    }
-}
-
-fn reload(running: &Control, controller: &Controller, files: &[PathBuf], strict: bool) {
-    let loaded = match abgate_config::load(files) {
-        Ok(l) => l,
-        Err(e) => {
-            running.telemetry().gateway().record_config_reload(false);
-            tracing::error!("reload: {e}; the running configuration stays");
-            return;
-        }
-    };
-    log_diagnostics(&loaded);
-    if loaded.has_rejected() || !acceptable(&loaded, strict) {
-        running.telemetry().gateway().record_config_reload(false);
-        tracing::error!(
-            "reload refused: the configuration has errors; the running configuration stays"
-        );
-        return;
-    }
-    running.reload(&loaded.config);
-    running.telemetry().gateway().record_config_reload(true);
-    if let Err(e) = controller.sync() {
-        tracing::error!("experiments after reload: {e:#}");
-    }
-    tracing::info!("configuration reloaded");
-}
-
-fn watch_files(paths: &[PathBuf], tx: mpsc::Sender<()>) -> Option<notify::RecommendedWatcher> {
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if event.is_ok_and(|e| e.kind.is_modify() || e.kind.is_create() || e.kind.is_remove()) {
-            let _ = tx.try_send(());
-        }
-    })
-    .map_err(|e| tracing::warn!("file watching unavailable ({e}); reload with SIGHUP"))
-    .ok()?;
-    for path in paths {
-        if let Err(e) = watcher.watch(path, notify::RecursiveMode::Recursive) {
-            tracing::warn!("cannot watch {}: {e}; reload with SIGHUP", path.display());
-        }
-    }
-    Some(watcher)
 }
