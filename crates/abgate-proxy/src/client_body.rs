@@ -6,7 +6,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -48,21 +48,29 @@ impl ClientFault {
     }
 }
 
-/// The fault of a body being streamed upstream, shared between the body (which sets it)
-/// and the request path (which reads it when the upstream exchange fails).
+/// How a body being streamed upstream went, shared between the body (which records it)
+/// and the request path (which reads it when the upstream exchange fails or times out).
 #[derive(Debug, Default)]
-pub struct FaultCell(AtomicU8);
+pub struct FaultCell {
+    fault: AtomicU8,
+    complete: AtomicBool,
+}
 
 impl FaultCell {
     fn set(&self, fault: ClientFault) {
         let _ = self
-            .0
+            .fault
             .compare_exchange(0, fault.code(), Ordering::AcqRel, Ordering::Acquire);
     }
 
     /// The first fault recorded, if any.
     pub fn get(&self) -> Option<ClientFault> {
-        ClientFault::from_code(self.0.load(Ordering::Acquire))
+        ClientFault::from_code(self.fault.load(Ordering::Acquire))
+    }
+
+    /// Whether the whole body has been received from the client.
+    pub fn complete(&self) -> bool {
+        self.complete.load(Ordering::Acquire)
     }
 }
 
@@ -119,14 +127,14 @@ impl Body for ClientBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
-        let this = self.project();
+        let mut this = self.project();
         let fail = |fault: ClientFault, detail: String| {
             if let Some(cell) = this.fault.as_ref() {
                 cell.set(fault);
             }
             Poll::Ready(Some(Err(ClientBodyError { fault, detail })))
         };
-        match this.inner.poll_frame(cx) {
+        match this.inner.as_mut().poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 *this.timer = None;
                 let len = frame.data_ref().map_or(0, |d| d.len() as u64);
@@ -134,10 +142,20 @@ impl Body for ClientBody {
                     return fail(ClientFault::TooLarge, "the body grew past the limit".into());
                 }
                 *this.left -= len;
+                if this.inner.is_end_stream() {
+                    if let Some(cell) = this.fault.as_ref() {
+                        cell.complete.store(true, Ordering::Release);
+                    }
+                }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => fail(ClientFault::Malformed, error_chain(&e)),
-            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Ready(None) => {
+                if let Some(cell) = this.fault.as_ref() {
+                    cell.complete.store(true, Ordering::Release);
+                }
+                Poll::Ready(None)
+            }
             Poll::Pending => {
                 let idle = *this.idle;
                 let timer = this

@@ -27,8 +27,9 @@ pub enum ProxyError {
         /// The limit.
         limit: u64,
     },
-    /// The request body stopped arriving (`SI`, 408).
-    #[error("the request body stopped arriving: nothing received for {}", humantime::format_duration(*.0))]
+    /// The request body did not arrive in time (`SI`, 408): nothing of it for the body
+    /// read timeout, or still incomplete when the route's timeout passed.
+    #[error("the request body did not arrive in time (waited {})", humantime::format_duration(*.0))]
     BodyTimeout(std::time::Duration),
     /// A method no route takes explicitly (TRACE).
     #[error("method {0} is not allowed")]

@@ -8,7 +8,8 @@ use abgate_config::model::{
     FaultAbort, RedirectPort, RetryOn, StringMatcher, UriRedirect, UriRewrite,
 };
 use abgate_router::cluster::DEFAULT_MAX_RETRIES;
-use abgate_router::request::{hash_of, key_value};
+use abgate_router::openai::model_of;
+use abgate_router::request::{hash_of, hops, key_value, MAX_HOPS, VIA_ENTRY};
 use abgate_router::{
     host_of, now_ms, Action, Admission, Cluster, Endpoint, Outcome, RequestView, Route, RouteTable,
     Target, Unavailable, MODEL_HEADER,
@@ -42,15 +43,6 @@ static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 static MODEL: HeaderName = HeaderName::from_static(MODEL_HEADER);
 static FLAGS: HeaderName = HeaderName::from_static(FLAGS_HEADER);
-
-/// The `Via` entry abgate adds to what it forwards, and counts to find loops.
-const VIA_ENTRY: &str = "1.1 abgate";
-/// Times a request may already have passed through abgate; one more is a loop (508).
-/// Enough for tiers of gateways, few enough that a loop ends before it costs much.
-pub const MAX_HOPS: usize = 8;
-/// The longest `model` routed on: it is matched as a header value, and no model name
-/// comes near it.
-pub const MAX_MODEL_LEN: usize = 1024;
 
 /// Request bodies up to this size are buffered so that they can be retried, mirrored, or
 /// read for their `model`; larger ones stream through once.
@@ -289,7 +281,8 @@ async fn proxy(
             shared,
         )
         .await?;
-        if let Some(model) = model_of(&bytes)? {
+        let model = model_of(&bytes).map_err(|e| ProxyError::BadRequest(e.to_string()))?;
+        if let Some(model) = model {
             parts.headers.insert(&MODEL, model);
         }
         buffered = Some(bytes);
@@ -512,16 +505,6 @@ fn fits(body: &ClientBody, limit: usize) -> bool {
     body.is_end_stream() || body.size_hint().upper().is_some_and(|n| n <= limit as u64)
 }
 
-/// Times the request has passed through abgate, by its `Via` entries.
-fn hops(headers: &HeaderMap) -> usize {
-    headers
-        .get_all(header::VIA)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-        .filter(|entry| entry.trim_ascii() == VIA_ENTRY.as_bytes())
-        .count()
-}
-
 /// The client's fault as the client is answered.
 fn client_error(fault: ClientFault, shared: &Shared) -> ProxyError {
     match fault {
@@ -574,94 +557,6 @@ async fn read_bounded(
         Some(only) => only,
         None => Bytes::from(joined),
     })
-}
-
-/// The OpenAI request's `model`, as a header value: `None` when the body is not a JSON
-/// object or its `model` is not a string. A body that names `model` twice is refused
-/// (parsers differ on which one counts, so the backend could read another model than the
-/// one routed on), and so is a `model` no header could carry.
-fn model_of(body: &[u8]) -> Result<Option<HeaderValue>, ProxyError> {
-    let Ok(ModelScan { model, times }) = serde_json::from_slice::<ModelScan>(body) else {
-        return Ok(None);
-    };
-    if times > 1 {
-        return Err(ProxyError::BadRequest(
-            "the request body has the key \"model\" more than once".into(),
-        ));
-    }
-    let Some(model) = model else { return Ok(None) };
-    if model.len() > MAX_MODEL_LEN {
-        return Err(ProxyError::BadRequest(format!(
-            "the model name is longer than {MAX_MODEL_LEN} bytes"
-        )));
-    }
-    HeaderValue::from_str(&model)
-        .map(Some)
-        .map_err(|_| ProxyError::BadRequest("the model name contains control characters".into()))
-}
-
-/// A JSON object read for its top-level `model`: the last string value, and how many
-/// times the key came. Other members are skipped without being built.
-struct ModelScan {
-    model: Option<String>,
-    times: u32,
-}
-
-impl<'de> serde::Deserialize<'de> for ModelScan {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct Members;
-        impl<'de> serde::de::Visitor<'de> for Members {
-            type Value = ModelScan;
-
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a JSON object")
-            }
-
-            fn visit_map<A: serde::de::MapAccess<'de>>(
-                self,
-                mut map: A,
-            ) -> Result<ModelScan, A::Error> {
-                let mut scan = ModelScan {
-                    model: None,
-                    times: 0,
-                };
-                while let Some(IsModel(is_model)) = map.next_key()? {
-                    if is_model {
-                        scan.times += 1;
-                        scan.model = match map.next_value()? {
-                            serde_json::Value::String(model) => Some(model),
-                            _ => None,
-                        };
-                    } else {
-                        map.next_value::<serde::de::IgnoredAny>()?;
-                    }
-                }
-                Ok(scan)
-            }
-        }
-        deserializer.deserialize_map(Members)
-    }
-}
-
-/// An object key, compared with `model` as it is read (escapes decoded, nothing kept).
-struct IsModel(bool);
-
-impl<'de> serde::Deserialize<'de> for IsModel {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct Key;
-        impl serde::de::Visitor<'_> for Key {
-            type Value = IsModel;
-
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("an object key")
-            }
-
-            fn visit_str<E: serde::de::Error>(self, key: &str) -> Result<IsModel, E> {
-                Ok(IsModel(key == "model"))
-            }
-        }
-        deserializer.deserialize_str(Key)
-    }
 }
 
 /// The body with its JSON `model` replaced (a candidate served under another model or
@@ -971,11 +866,19 @@ async fn forward(
             None => Attempt::from_result(client.request(request).await, endpoint),
         };
         // The client's body, not the upstream, ended the exchange: the client's error,
-        // kept from the endpoint's health and the retry policy.
-        if let (Attempt::Failed(_) | Attempt::TimedOut, Some(fault)) =
-            (&outcome, client_fault.as_ref().and_then(|c| c.get()))
-        {
-            return Err(client_error(fault, shared));
+        // kept from the endpoint's health and the retry policy. So is a timeout that
+        // passed while the client was still sending (Envoy starts the route's timer only
+        // once the request is whole).
+        if let Some(cell) = &client_fault {
+            match (&outcome, cell.get()) {
+                (Attempt::Failed(_) | Attempt::TimedOut, Some(fault)) => {
+                    return Err(client_error(fault, shared));
+                }
+                (Attempt::TimedOut, None) if !cell.complete() => {
+                    return Err(ProxyError::BodyTimeout(started.elapsed()));
+                }
+                _ => {}
+            }
         }
         if let (Some(budget), Attempt::Response(_)) = (&budget, &outcome) {
             budget.spend();
@@ -1311,28 +1214,6 @@ mod tests {
             "api.example.com-shadow:8080"
         );
         assert_eq!(shadow_host("api.example.com"), "api.example.com-shadow");
-    }
-
-    #[test]
-    fn model_is_read_from_the_json_body() {
-        assert_eq!(
-            model_of(br#"{"messages":[],"model":"llama-3.1-8b"}"#).unwrap(),
-            Some(HeaderValue::from_static("llama-3.1-8b"))
-        );
-        assert_eq!(model_of(b"not json").unwrap(), None);
-        assert_eq!(model_of(br#"{"model":7}"#).unwrap(), None);
-        assert_eq!(
-            model_of(br#"{"m":{"model":"x"},"model":"y"}"#).unwrap(),
-            Some(HeaderValue::from_static("y"))
-        );
-    }
-
-    #[test]
-    fn a_model_named_twice_is_refused_however_it_is_spelled() {
-        assert!(model_of(br#"{"model":"a","x":1,"model":"b"}"#).is_err());
-        assert!(model_of(br#"{"model":"a","mod\u0065l":"b"}"#).is_err());
-        let long = format!(r#"{{"model":"{}"}}"#, "m".repeat(MAX_MODEL_LEN + 1));
-        assert!(model_of(long.as_bytes()).is_err());
     }
 
     #[test]

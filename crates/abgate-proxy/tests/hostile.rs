@@ -46,6 +46,11 @@ spec:
   hosts: [models.local]
   http:
   - match:
+    - uri: {prefix: /v1/slow}
+    timeout: 300ms
+    route:
+    - destination: {host: models.backend, subset: v1}
+  - match:
     - method: {exact: TRACE}
       uri: {prefix: /trace}
     route:
@@ -74,6 +79,9 @@ spec:
         )
         .yaml()
 }
+
+/// The rule of `guarded` that routes on the body's `model`.
+const MODEL_RULE: &str = "  - match:\n    - headers:\n        x-gateway-model-name: {exact: big-model}\n    route:\n    - destination: {host: models.backend, subset: v2}\n";
 
 /// The experiment's evidence so far: (requests, errors) of each variant.
 fn evidence(gw: &Gateway) -> [(u64, u64); 2] {
@@ -119,9 +127,17 @@ async fn assert_untouched(gw: &Gateway) {
     }
 }
 
+/// A POST head for the experiment's route, with `extra` header lines.
 fn head(extra: &str) -> String {
+    head_to(
+        "/v1/chat/completions",
+        &format!("x-experiment-id: exp\r\n{extra}"),
+    )
+}
+
+fn head_to(path: &str, extra: &str) -> String {
     format!(
-        "POST /v1/chat/completions HTTP/1.1\r\nhost: models.local\r\nx-experiment-id: exp\r\n\
+        "POST {path} HTTP/1.1\r\nhost: models.local\r\n\
          content-type: application/json\r\n{extra}\r\n"
     )
 }
@@ -191,19 +207,36 @@ async fn a_body_that_stops_arriving_gets_408_and_frees_its_upstream() {
         ..Limits::default()
     };
     let gw = Gateway::start_limited(&load(&guarded(v1.port(), v2.port())), &limits).await;
-    for extra in [
-        "transfer-encoding: chunked\r\n",
+    let slow_limits = Limits {
+        body_read_timeout: Duration::from_secs(60),
+        ..Limits::default()
+    };
+    // Without routing on the model, whose body is read whole before the route is known.
+    let slow_yaml = guarded(v1.port(), v2.port()).replace(MODEL_RULE, "");
+    let slow_gw = Gateway::start_limited(&load(&slow_yaml), &slow_limits).await;
+    for (path, extra) in [
+        ("/v1/chat/completions", "transfer-encoding: chunked\r\n"),
         // Buffered (it fits), read before anything is sent upstream.
-        "content-length: 100\r\n",
+        ("/v1/chat/completions", "content-length: 100\r\n"),
+        // The route's 300 ms pass while the client is still sending (under a 60 s body
+        // read timeout): the client's delay, not the upstream's.
+        ("/v1/slow", "transfer-encoding: chunked\r\n"),
     ] {
-        let mut stream = TcpStream::connect(gw.addr).await.expect("connect");
+        // The slow route is the host's own (the experiment's rule would come first).
+        let (addr, experiment) = match path {
+            "/v1/slow" => (slow_gw.addr, ""),
+            _ => (gw.addr, "x-experiment-id: exp\r\n"),
+        };
+        let mut stream = TcpStream::connect(addr).await.expect("connect");
         let started = Instant::now();
         let first = match extra.starts_with("transfer") {
             true => "5\r\nhello\r\n",
             false => "{\"model\":",
         };
         stream
-            .write_all(format!("{}{first}", head(extra)).as_bytes())
+            .write_all(
+                format!("{}{first}", head_to(path, &format!("{experiment}{extra}"))).as_bytes(),
+            )
             .await
             .expect("write");
         // The connection stays open: only the timer ends the wait.
@@ -221,8 +254,8 @@ async fn a_body_that_stops_arriving_gets_408_and_frees_its_upstream() {
             }
         })
         .await;
-        assert!(read.is_ok(), "an answer within 5 s");
         let answer = String::from_utf8_lossy(&out);
+        assert!(read.is_ok(), "{path}: an answer within 5 s: {answer}");
         assert_eq!(
             status_line(&answer),
             "HTTP/1.1 408 Request Timeout",
@@ -231,9 +264,11 @@ async fn a_body_that_stops_arriving_gets_408_and_frees_its_upstream() {
         assert!(answer.contains("x-abgate-response-flags: SI"), "{answer}");
         assert!(started.elapsed() >= Duration::from_millis(300));
     }
-    assert_untouched(&gw).await;
-    assert_eq!(evidence(&gw), [(0, 0), (0, 0)]);
-    gw.stop().await;
+    for gw in [gw, slow_gw] {
+        assert_untouched(&gw).await;
+        assert_eq!(evidence(&gw), [(0, 0), (0, 0)]);
+        gw.stop().await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

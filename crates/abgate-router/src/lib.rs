@@ -10,6 +10,7 @@
 pub mod balancer;
 pub mod cluster;
 pub mod load;
+pub mod openai;
 pub mod request;
 pub mod split;
 pub mod sticky;

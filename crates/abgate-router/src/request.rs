@@ -7,6 +7,23 @@ use http::HeaderMap;
 
 use crate::balancer::hash64;
 
+/// The `Via` entry abgate adds to what it forwards, and counts to find loops.
+pub const VIA_ENTRY: &str = "1.1 abgate";
+
+/// Times a request may already have passed through abgate; one more is a loop (508).
+/// Enough for tiers of gateways, few enough that a loop ends before it costs much.
+pub const MAX_HOPS: usize = 8;
+
+/// Times the request has passed through abgate, by its `Via` entries.
+pub fn hops(headers: &HeaderMap) -> usize {
+    headers
+        .get_all(http::header::VIA)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .filter(|entry| entry.trim_ascii() == VIA_ENTRY.as_bytes())
+        .count()
+}
+
 /// A borrowed view of a request: everything a VirtualService match can test.
 #[derive(Debug, Clone, Copy)]
 pub struct RequestView<'a> {

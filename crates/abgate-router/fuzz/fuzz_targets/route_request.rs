@@ -4,15 +4,17 @@
 //!
 //! Input layout: the request head, then (optionally) a "body": its first byte picks the
 //! listener (odd: the HTTPS one), the rest seeds the random draws and, for POST requests
-//! to a host that routes on the model, stands in for the model the proxy reads from the
-//! body.
+//! to a host that routes on the model, is the body the proxy reads the model from (a
+//! JSON object's `model`, refused when named twice; any other bytes stand in for a
+//! model name). `Via` hops past the limit are refused as the proxy refuses them.
 #![no_main]
 
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
 
 use abgate_config::SourceFile;
-use abgate_router::request::{block_matches, hash_of, key_value, rule_matches};
+use abgate_router::openai::{model_of, MAX_MODEL_LEN};
+use abgate_router::request::{block_matches, hash_of, hops, key_value, rule_matches, MAX_HOPS};
 use abgate_router::{hash64, host_of, Action, BuildOptions, RequestView, RouteTable, MODEL_HEADER};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use libfuzzer_sys::fuzz_target;
@@ -127,10 +129,25 @@ fn route(data: &[u8]) {
     let Some(vhost) = listener.virtual_host(&server.gateway, &host) else {
         return;
     };
+    // A request that has looped through the gateway too often is refused (508).
+    if hops(&headers) >= MAX_HOPS {
+        return;
+    }
     if vhost.reads_model {
         headers.remove(MODEL_HEADER);
         if method == http::Method::POST {
-            if let Ok(model) = HeaderValue::from_bytes(rest) {
+            // The body's `model` as the proxy reads it; a body that is not JSON stands in
+            // for a model name itself, so that matching still sees arbitrary values.
+            let model = match model_of(rest) {
+                Ok(Some(model)) => {
+                    assert!(model.len() <= MAX_MODEL_LEN);
+                    Some(model)
+                }
+                Ok(None) => HeaderValue::from_bytes(rest).ok(),
+                // Refused with 400 before routing.
+                Err(_) => return,
+            };
+            if let Some(model) = model {
                 headers.insert(HeaderName::from_static(MODEL_HEADER), model);
             }
         }
