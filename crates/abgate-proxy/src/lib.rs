@@ -667,44 +667,26 @@ impl Listener {
             let _ = stream.set_nodelay(true);
             let activity = conn::Activity::new();
             let service = make_service(remote, Arc::clone(&activity));
-            let builder = Arc::clone(&self.builder);
+            let client = ClientConnection {
+                builder: Arc::clone(&self.builder),
+                service,
+                activity,
+                head_timeout: self.limits.header_read_timeout,
+                idle: self.limits.idle_timeout,
+                stopped: stopped.clone(),
+            };
             let tls = self.tls.clone();
-            let head_timeout = self.limits.header_read_timeout;
-            let idle = self.limits.idle_timeout;
-            let stopped = stopped.clone();
             let telemetry = self.counted.then(|| Arc::clone(telemetry));
             connections.spawn(async move {
                 let _slot = slot;
                 let _open = telemetry.as_ref().map(|t| t.gateway().track_connection());
                 match tls {
-                    None => {
-                        serve_watched(
-                            stream,
-                            &builder,
-                            service,
-                            &activity,
-                            head_timeout,
-                            idle,
-                            stopped,
-                        )
-                        .await
-                    }
+                    None => client.serve(stream).await,
                     Some(acceptor) => {
                         let handshake =
                             tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream));
                         match handshake.await {
-                            Ok(Ok(stream)) => {
-                                serve_watched(
-                                    stream,
-                                    &builder,
-                                    service,
-                                    &activity,
-                                    head_timeout,
-                                    idle,
-                                    stopped,
-                                )
-                                .await
-                            }
+                            Ok(Ok(stream)) => client.serve(stream).await,
                             Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
                             Err(_) => tracing::debug!("TLS handshake timed out"),
                         }
@@ -719,17 +701,18 @@ impl Listener {
     }
 }
 
-/// Serves a client connection, watched for a slow or missing request head (408).
-async fn serve_watched<IO, S, B>(
-    stream: IO,
-    builder: &auto::Builder<TokioExecutor>,
+/// One accepted client connection and what serving it takes.
+struct ClientConnection<S> {
+    builder: Arc<auto::Builder<TokioExecutor>>,
     service: S,
-    activity: &conn::Activity,
+    activity: Arc<conn::Activity>,
     head_timeout: Duration,
     idle: Duration,
     stopped: watch::Receiver<bool>,
-) where
-    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+}
+
+impl<S, B> ClientConnection<S>
+where
     S: hyper::service::Service<http::Request<hyper::body::Incoming>, Response = http::Response<B>>
         + Send
         + 'static,
@@ -738,9 +721,25 @@ async fn serve_watched<IO, S, B>(
     B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let (stream, returned) = Watched::new(stream, head_timeout);
-    if let Err(e) = conn::serve(builder, stream, service, activity, idle, stopped).await {
-        connection_error(&*e, returned, head_timeout).await;
+    /// Serves the connection over `stream` (plain, or TLS once the handshake is done),
+    /// watched for a slow or missing request head (408).
+    async fn serve<IO>(self, stream: IO)
+    where
+        IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let (stream, returned) = Watched::new(stream, self.head_timeout);
+        let served = conn::serve(
+            &self.builder,
+            stream,
+            self.service,
+            &self.activity,
+            self.idle,
+            self.stopped,
+        )
+        .await;
+        if let Err(e) = served {
+            connection_error(&*e, returned, self.head_timeout).await;
+        }
     }
 }
 

@@ -7,7 +7,6 @@ mod support;
 use std::time::{Duration, Instant};
 
 use abgate_proxy::Limits;
-use abgate_sim::SimArgs;
 use bytes::Bytes;
 use http::StatusCode;
 use http_body_util::BodyExt;
@@ -274,8 +273,8 @@ async fn a_body_that_stops_arriving_gets_408_and_frees_its_upstream() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_leaving_mid_stream_is_a_cancel_not_a_failure_of_its_variant() {
     let sims = [
-        Sim::spawn(long_stream()).await,
-        Sim::spawn(long_stream()).await,
+        Sim::spawn(support::long_stream()).await,
+        Sim::spawn(support::long_stream()).await,
     ];
     let gw = Gateway::start(&guarded(sims[0].port(), sims[1].port())).await;
     for _ in 0..4 {
@@ -320,15 +319,6 @@ async fn a_client_leaving_mid_stream_is_a_cancel_not_a_failure_of_its_variant() 
     assert_eq!(evidence(&gw), [(0, 0), (0, 0)], "and none is a failure");
     assert_untouched(&gw).await;
     gw.stop().await;
-}
-
-fn long_stream() -> SimArgs {
-    SimArgs {
-        model: "long".into(),
-        tokens_per_second: 20.0,
-        output_tokens: 1000,
-        ..SimArgs::default()
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -293,19 +293,9 @@ async fn timely<F: std::future::Future>(f: F) -> F::Output {
         .expect("response headers within 5s")
 }
 
-/// A sim that streams for a long time: 10 tokens/s, 1,000 tokens.
-fn long_stream() -> SimArgs {
-    SimArgs {
-        model: "long".into(),
-        tokens_per_second: 10.0,
-        output_tokens: 1000,
-        ..SimArgs::default()
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_leaving_mid_stream_cancels_the_upstream_request() {
-    let (sim, gw) = sim_gateway(long_stream()).await;
+    let (sim, gw) = sim_gateway(support::long_stream()).await;
     let tcp = TcpStream::connect(gw.addr).await.expect("connect");
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
         .await
@@ -383,7 +373,7 @@ async fn client_leaving_before_the_first_byte_cancels_the_upstream_request() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h2_stream_reset_cancels_the_upstream_request() {
-    let (sim, gw) = sim_gateway(long_stream()).await;
+    let (sim, gw) = sim_gateway(support::long_stream()).await;
     let tcp = TcpStream::connect(gw.addr).await.expect("connect");
     let (mut sender, conn) =
         hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
@@ -487,7 +477,7 @@ async fn admin_listener_answers_health_and_readiness() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn route_timeout_during_a_stream_resets_the_response_and_the_upstream() {
-    let sim = Sim::spawn(long_stream()).await;
+    let sim = Sim::spawn(support::long_stream()).await;
     let yaml = Mesh::new()
         .backend("models.backend", &[(sim.port(), "v1")])
         .doc(
@@ -556,7 +546,7 @@ spec:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_closes_streams_still_open_after_the_grace_period() {
-    let (sim, gw) = sim_gateway(long_stream()).await;
+    let (sim, gw) = sim_gateway(support::long_stream()).await;
     let http = gw.http.clone();
     let admin = support::Http::new(gw.running().admin);
     let response = http

@@ -791,6 +791,16 @@ impl Blackhole {
 // ---------------------------------------------------------------------------------------
 // Simulated model servers
 
+/// A sim that streams for a long time: 10 tokens/s, 1,000 tokens.
+pub fn long_stream() -> SimArgs {
+    SimArgs {
+        model: "long".into(),
+        tokens_per_second: 10.0,
+        output_tokens: 1000,
+        ..SimArgs::default()
+    }
+}
+
 /// `abgate_sim::serve` on an ephemeral port; stops when dropped.
 pub struct Sim {
     pub addr: SocketAddr,
