@@ -266,20 +266,21 @@ pub(crate) fn check_export_to(
     service_entry: bool,
 ) -> Vec<(usize, String)> {
     let mut problems = Vec::new();
-    let mut seen: Vec<&str> = Vec::new();
+    // Each namespace seen, with the entry that named it (`.` names this one).
+    let mut seen: Vec<(&str, &str)> = Vec::new();
     for (i, entry) in entries.iter().enumerate() {
         let key = if entry == "." {
             namespace
         } else {
             entry.as_str()
         };
-        if seen.contains(&key) {
+        if let Some((_, earlier)) = seen.iter().find(|(k, _)| *k == key) {
             problems.push((
                 i,
-                if key == entry {
+                if earlier == entry {
                     format!("`{entry}` is listed twice")
                 } else {
-                    format!("`.` and `{namespace}` are the same namespace")
+                    format!("`.` and `{namespace}` are the same namespace, listed twice")
                 },
             ));
             continue;
@@ -300,12 +301,12 @@ pub(crate) fn check_export_to(
             ));
             continue;
         }
-        seen.push(key);
+        seen.push((key, entry));
     }
     if entries.len() > 1 {
         for alone in ["*", "~"] {
-            if let Some(i) = seen.iter().position(|k| *k == alone) {
-                let i = entries.iter().position(|e| e == seen[i]).unwrap_or(0);
+            if seen.iter().any(|(k, _)| *k == alone) {
+                let i = entries.iter().position(|e| e == alone).unwrap_or(0);
                 problems.push((
                     i,
                     format!("`{alone}` cannot be combined with other exportTo entries"),
@@ -498,5 +499,57 @@ mod tests {
         for bad in ["abc%123", "%START_TIME%%", "50%", "a\u{1}b", "%VAR([x])%"] {
             assert!(check_header_value(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn label_keys_and_values() {
+        for ok in [
+            "app",
+            "app.kubernetes.io/name",
+            "security.istio.io/tlsMode",
+            "a_b",
+        ] {
+            assert!(check_label_key(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "-app", "app-", "bad prefix/app", "/app", "a*"] {
+            assert!(check_label_key(bad).is_err(), "{bad}");
+        }
+        assert!(check_label_value("k", "").is_ok());
+        assert!(check_label_value("k", "v1.2_3").is_ok());
+        for bad in ["-v", "v-", "a b", &"v".repeat(64)] {
+            assert!(check_label_value("k", bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn export_to_follows_istio() {
+        let check = |entries: &[&str], se: bool| {
+            let entries: Vec<String> = entries.iter().map(|e| (*e).to_owned()).collect();
+            check_export_to(&entries, "ns5", se)
+                .into_iter()
+                .map(|(i, _)| i)
+                .collect::<Vec<_>>()
+        };
+        assert!(check(&[], false).is_empty());
+        assert!(check(&[".", "ns1"], false).is_empty());
+        assert!(check(&["*"], false).is_empty());
+        assert!(check(&["~"], true).is_empty());
+        assert_eq!(check(&["~"], false), [0]);
+        assert_eq!(check(&[".", "ns5"], false), [1]);
+        assert_eq!(check(&["ns1", "ns2", "ns1"], false), [2]);
+        assert_eq!(check(&[".", "*"], false), [1]);
+        assert_eq!(check(&["~", "ns1"], true), [0]);
+        assert_eq!(check(&["ns1_"], false), [0]);
+    }
+
+    #[test]
+    fn protocols_and_unix_addresses() {
+        for known in ["HTTP", "http", "GRPC-Web", "Mongo", "", "TCP"] {
+            assert!(is_known_protocol(known), "{known}");
+        }
+        assert!(!is_known_protocol("kafka"));
+        assert!(check_unix_address("/run/a.sock").is_ok());
+        assert!(check_unix_address("@abstract").is_ok());
+        assert!(check_unix_address("./relative.sock").is_err());
     }
 }
