@@ -311,7 +311,10 @@ static VS_SPEC: Shape = Map(&[
     ("http", List(&HTTP_ROUTE)),
     ("tls", Any),
     ("tcp", Any),
-    ("exportTo", List(&Enum(&[".", "*", "other", "~", "default", "ns_1"]))),
+    (
+        "exportTo",
+        List(&Enum(&[".", "*", "other", "~", "default", "ns_1"])),
+    ),
 ]);
 
 static CONSISTENT_HASH: Shape = Map(&[
@@ -508,7 +511,14 @@ static SE_SPEC: Shape = Map(&[
     ("location", Enum(&["MESH_EXTERNAL", "MESH_INTERNAL", "x"])),
     (
         "resolution",
-        Enum(&["NONE", "STATIC", "DNS", "DNS_ROUND_ROBIN", "DYNAMIC_DNS", "x"]),
+        Enum(&[
+            "NONE",
+            "STATIC",
+            "DNS",
+            "DNS_ROUND_ROBIN",
+            "DYNAMIC_DNS",
+            "x",
+        ]),
     ),
     ("endpoints", List(&WE_SPEC)),
     (
