@@ -2256,7 +2256,10 @@ fn server(cx: &mut Cx, field: &FieldPath, index: usize, s: &wire::Server) -> Opt
                     "a server bound to a unix socket takes port number 0",
                 );
             }
-            cx.unsupported(&field.key("bind"), "a unix socket bind");
+            cx.unsupported(
+                &field.key("bind"),
+                "a unix socket bind (the server is left out)",
+            );
             0
         }
         None => cx.port(&field.key("port").key("number"), s.port.number),
@@ -2355,6 +2358,10 @@ fn server(cx: &mut Cx, field: &FieldPath, index: usize, s: &wire::Server) -> Opt
             cx.error(&field.key("tls"), "a TCP server cannot have tls settings");
         }
         _ => {}
+    }
+    if unix_path.is_some() {
+        // Not served: abgate listens on TCP only.
+        return None;
     }
     Some(GatewayServer {
         index,

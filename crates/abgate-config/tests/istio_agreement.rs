@@ -20,6 +20,16 @@ const DELIBERATE: &[(&str, &str)] = &[
          accepted with warning ABG0005, which says Istio rejects it in a cluster",
     ),
     (
+        r#"TestValidateRootHTTPRoute/"simple""#,
+        "abgate does not follow `delegate`; a route that delegates would lose its rules, so \
+         it is refused (ABG0004 as an error) rather than served without them",
+    ),
+    (
+        r#"rule ValidateServiceEntry/"endpoints with no resolution (NONE by default)""#,
+        "endpoints without `resolution` are taken as STATIC, with warning ABG0005, so \
+         configurations written for abgate before it checked this keep loading",
+    ),
+    (
         r#"TestValidateHTTPStatus/"600""#,
         "600 is not an HTTP status: abgate takes 200-599 for abort and direct response statuses",
     ),
