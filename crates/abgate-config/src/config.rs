@@ -94,7 +94,11 @@ impl Config {
                     view.ports.push(port.clone());
                 }
             }
-            view.endpoints.extend(entry.endpoints.iter().cloned());
+            // An endpoint with no address is on another network, reached through that
+            // network's gateway; abgate cannot reach it.
+            let reachable = |e: &&Endpoint| !e.address.is_empty();
+            view.endpoints
+                .extend(entry.endpoints.iter().filter(reachable).cloned());
             if let Some(selector) = &entry.workload_selector {
                 view.endpoints.extend(
                     self.workload_entries
@@ -103,7 +107,9 @@ impl Config {
                             w.meta.namespace == entry.meta.namespace
                                 && w.endpoint.selected_by(selector)
                         })
-                        .map(|w| w.endpoint.clone()),
+                        .map(|w| &w.endpoint)
+                        .filter(reachable)
+                        .cloned(),
                 );
             }
         }

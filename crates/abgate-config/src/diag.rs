@@ -74,8 +74,6 @@ pub enum Code {
     SubsetPolicyReplacesSection,
     /// ABG0030: an experiment whose variants are not subsets of its host.
     ExperimentVariantNotSubset,
-    /// ABG0031: a Gateway TLS credential that cannot be read; that server is skipped.
-    GatewayCredentialNotFound,
     /// ABG0032: an endpoint that is one of the gateway's own listeners.
     EndpointIsOwnListener,
 }
@@ -104,7 +102,6 @@ impl Code {
             Code::StickinessScatteredBySplit => "ABG0022",
             Code::SubsetPolicyReplacesSection => "ABG0023",
             Code::ExperimentVariantNotSubset => "ABG0030",
-            Code::GatewayCredentialNotFound => "ABG0031",
             Code::EndpointIsOwnListener => "ABG0032",
         }
     }

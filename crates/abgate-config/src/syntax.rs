@@ -173,6 +173,150 @@ pub(crate) fn check_gateway_reference(reference: &str) -> Result<(), String> {
     }
 }
 
+/// A Kubernetes qualified name (a label key's name part, a label value): letters, digits,
+/// `-`, `_` and `.`, starting and ending with a letter or digit, at most 63 characters.
+fn is_qualified_name(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= DNS1123_LABEL_MAX
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && bytes[0].is_ascii_alphanumeric()
+        && bytes[bytes.len() - 1].is_ascii_alphanumeric()
+}
+
+/// A label key as Kubernetes and Istio take it: `[prefix/]name`, the prefix a DNS
+/// subdomain of at most 253 characters.
+pub(crate) fn check_label_key(key: &str) -> Result<(), String> {
+    let (prefix, name) = match key.split_once('/') {
+        Some((prefix, name)) => (Some(prefix), name),
+        None => (None, key),
+    };
+    if let Some(prefix) = prefix {
+        if prefix.len() > DNS1123_SUBDOMAIN_MAX
+            || prefix.is_empty()
+            || !prefix.split('.').all(is_dns1123_label)
+        {
+            return Err(format!(
+                "label key `{key}`: `{prefix}` is not a DNS subdomain prefix"
+            ));
+        }
+    }
+    if !is_qualified_name(name) {
+        return Err(format!(
+            "label key `{key}` is not a valid label name (letters, digits, `-`, `_` and `.`, starting and ending with a letter or digit, at most 63 characters)"
+        ));
+    }
+    Ok(())
+}
+
+/// A label value: empty, or a qualified name.
+pub(crate) fn check_label_value(key: &str, value: &str) -> Result<(), String> {
+    if value.is_empty() || is_qualified_name(value) {
+        Ok(())
+    } else {
+        Err(format!(
+            "label `{key}`: value `{value}` is not a valid label value (letters, digits, `-`, `_` and `.`, starting and ending with a letter or digit, at most 63 characters)"
+        ))
+    }
+}
+
+/// A port protocol Istio knows (case-insensitive); the empty protocol is left to
+/// protocol sniffing.
+pub(crate) fn is_known_protocol(protocol: &str) -> bool {
+    protocol.is_empty()
+        || protocol == "DoubleHBONE"
+        || matches!(
+            protocol.to_ascii_lowercase().as_str(),
+            "tcp"
+                | "udp"
+                | "grpc"
+                | "grpc-web"
+                | "http"
+                | "http_proxy"
+                | "http2"
+                | "https"
+                | "tls"
+                | "mongo"
+                | "redis"
+                | "mysql"
+        )
+}
+
+/// A unix socket address after `unix://`: an absolute path, or `@` and an abstract name.
+pub(crate) fn check_unix_address(path: &str) -> Result<(), String> {
+    if path.is_empty() {
+        return Err("a unix address needs a path".to_owned());
+    }
+    if path.starts_with('@') || path.starts_with('/') {
+        return Ok(());
+    }
+    Err(format!(
+        "unix address `{path}` must be an absolute path or an abstract name (`@name`)"
+    ))
+}
+
+/// `exportTo` as Istio takes it: `.` (this namespace), `*` (every namespace) alone, `~`
+/// (no one) alone and only on a ServiceEntry, or namespace names; nothing twice.
+/// Returns the index of each bad entry with the reason.
+pub(crate) fn check_export_to(
+    entries: &[String],
+    namespace: &str,
+    service_entry: bool,
+) -> Vec<(usize, String)> {
+    let mut problems = Vec::new();
+    // Each namespace seen, with the entry that named it (`.` names this one).
+    let mut seen: Vec<(&str, &str)> = Vec::new();
+    for (i, entry) in entries.iter().enumerate() {
+        let key = if entry == "." {
+            namespace
+        } else {
+            entry.as_str()
+        };
+        if let Some((_, earlier)) = seen.iter().find(|(k, _)| *k == key) {
+            problems.push((
+                i,
+                if earlier == entry {
+                    format!("`{entry}` is listed twice")
+                } else {
+                    format!("`.` and `{namespace}` are the same namespace, listed twice")
+                },
+            ));
+            continue;
+        }
+        let valid = match key {
+            "*" => true,
+            "~" => service_entry,
+            _ => is_dns1123_label(key),
+        };
+        if !valid {
+            problems.push((
+                i,
+                if key == "~" {
+                    "`~` (export to no one) is only for ServiceEntries".to_owned()
+                } else {
+                    format!("`{entry}` is not `.`, `*` or a namespace name")
+                },
+            ));
+            continue;
+        }
+        seen.push((key, entry));
+    }
+    if entries.len() > 1 {
+        for alone in ["*", "~"] {
+            if seen.iter().any(|(k, _)| *k == alone) {
+                let i = entries.iter().position(|e| e == alone).unwrap_or(0);
+                problems.push((
+                    i,
+                    format!("`{alone}` cannot be combined with other exportTo entries"),
+                ));
+            }
+        }
+    }
+    problems
+}
+
 /// A Kubernetes Secret reference as `credentialName` takes it: `name` or
 /// `namespace/name`, with the name a DNS-1123 subdomain and the namespace a label.
 pub fn check_credential_name(reference: &str) -> Result<(), String> {
@@ -355,5 +499,57 @@ mod tests {
         for bad in ["abc%123", "%START_TIME%%", "50%", "a\u{1}b", "%VAR([x])%"] {
             assert!(check_header_value(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn label_keys_and_values() {
+        for ok in [
+            "app",
+            "app.kubernetes.io/name",
+            "security.istio.io/tlsMode",
+            "a_b",
+        ] {
+            assert!(check_label_key(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "-app", "app-", "bad prefix/app", "/app", "a*"] {
+            assert!(check_label_key(bad).is_err(), "{bad}");
+        }
+        assert!(check_label_value("k", "").is_ok());
+        assert!(check_label_value("k", "v1.2_3").is_ok());
+        for bad in ["-v", "v-", "a b", &"v".repeat(64)] {
+            assert!(check_label_value("k", bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn export_to_follows_istio() {
+        let check = |entries: &[&str], se: bool| {
+            let entries: Vec<String> = entries.iter().map(|e| (*e).to_owned()).collect();
+            check_export_to(&entries, "ns5", se)
+                .into_iter()
+                .map(|(i, _)| i)
+                .collect::<Vec<_>>()
+        };
+        assert!(check(&[], false).is_empty());
+        assert!(check(&[".", "ns1"], false).is_empty());
+        assert!(check(&["*"], false).is_empty());
+        assert!(check(&["~"], true).is_empty());
+        assert_eq!(check(&["~"], false), [0]);
+        assert_eq!(check(&[".", "ns5"], false), [1]);
+        assert_eq!(check(&["ns1", "ns2", "ns1"], false), [2]);
+        assert_eq!(check(&[".", "*"], false), [1]);
+        assert_eq!(check(&["~", "ns1"], true), [0]);
+        assert_eq!(check(&["ns1_"], false), [0]);
+    }
+
+    #[test]
+    fn protocols_and_unix_addresses() {
+        for known in ["HTTP", "http", "GRPC-Web", "Mongo", "", "TCP"] {
+            assert!(is_known_protocol(known), "{known}");
+        }
+        assert!(!is_known_protocol("kafka"));
+        assert!(check_unix_address("/run/a.sock").is_ok());
+        assert!(check_unix_address("@abstract").is_ok());
+        assert!(check_unix_address("./relative.sock").is_err());
     }
 }

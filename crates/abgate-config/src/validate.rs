@@ -590,12 +590,43 @@ pub(crate) fn match_block(
 // ---------------------------------------------------------------------------------------
 // VirtualService
 
+/// Label keys and values as Kubernetes takes them (Istio's check of subset and
+/// endpoint labels).
+fn check_labels(cx: &mut Cx, field: &FieldPath, labels: &BTreeMap<String, String>) {
+    for (key, value) in labels {
+        if let Err(reason) =
+            syntax::check_label_key(key).and_then(|()| syntax::check_label_value(key, value))
+        {
+            cx.error(&field.key(key), reason);
+        }
+    }
+}
+
+/// `exportTo`, which abgate reads no further: it serves one view of every namespace.
+fn check_export_to(
+    cx: &mut Cx,
+    field: &FieldPath,
+    entries: &[String],
+    namespace: &str,
+    service_entry: bool,
+) {
+    for (i, reason) in syntax::check_export_to(entries, namespace, service_entry) {
+        cx.error(&field.index(i), reason);
+    }
+}
+
 fn virtual_service(cx: &mut Cx, meta: Meta, spec: wire::VirtualServiceSpec) -> VirtualService {
     let spec_path = FieldPath::root().key("spec");
     let ns = meta.namespace.clone();
     if spec.hosts.is_empty() {
-        cx.error(&spec_path.key("hosts"), "at least one host is required");
+        // Istio takes a VirtualService with no hosts as a delegate, reachable only
+        // through another VirtualService's `delegate`, which abgate does not follow.
+        cx.unsupported(
+            &spec_path.key("hosts"),
+            "a VirtualService with no hosts (a delegate, used only through another VirtualService's `delegate`)",
+        );
     }
+    check_export_to(cx, &spec_path.key("exportTo"), &spec.export_to, &ns, false);
     for (i, reference) in spec.gateways.iter().enumerate() {
         if let Err(reason) = syntax::check_gateway_reference(reference) {
             cx.error(&spec_path.key("gateways").index(i), reason);
@@ -640,11 +671,13 @@ fn virtual_service(cx: &mut Cx, meta: Meta, spec: wire::VirtualServiceSpec) -> V
             "at least one of http, tcp or tls routes is required",
         );
     }
-    if spec.tcp.is_some() {
+    if let Some(tcp) = &spec.tcp {
         cx.unsupported(&spec_path.key("tcp"), "tcp routing");
+        l4_routes(cx, &spec_path.key("tcp"), tcp, None);
     }
-    if spec.tls.is_some() {
+    if let Some(tls) = &spec.tls {
         cx.unsupported(&spec_path.key("tls"), "tls (SNI) routing");
+        l4_routes(cx, &spec_path.key("tls"), tls, Some(&spec.hosts));
     }
     let http = spec
         .http
@@ -664,6 +697,101 @@ fn virtual_service(cx: &mut Cx, meta: Meta, spec: wire::VirtualServiceSpec) -> V
         },
         http,
         meta,
+    }
+}
+
+/// TCP and TLS routes, which abgate does not serve but checks as Istio does: each needs
+/// a route with valid destinations, and a TLS route SNI hosts within the
+/// VirtualService's hosts. `vs_hosts` is set for TLS routes.
+fn l4_routes(
+    cx: &mut Cx,
+    field: &FieldPath,
+    routes: &serde_json::Value,
+    vs_hosts: Option<&[String]>,
+) {
+    let Some(routes) = routes.as_array() else {
+        return;
+    };
+    for (i, route) in routes.iter().enumerate() {
+        let f = field.index(i);
+        if let Some(vs_hosts) = vs_hosts {
+            let matches = route.get("match").and_then(|m| m.as_array());
+            if matches.is_none_or(|m| m.is_empty()) {
+                cx.error(&f.key("match"), "a TLS route needs at least one match");
+            }
+            for (j, m) in matches.into_iter().flatten().enumerate() {
+                let sni = m.get("sniHosts").and_then(|s| s.as_array());
+                if sni.is_none_or(|s| s.is_empty()) {
+                    cx.error(&f.key("match").index(j), "a TLS match needs sniHosts");
+                }
+                for (k, host) in sni.into_iter().flatten().enumerate() {
+                    let host = host.as_str().unwrap_or_default();
+                    let hf = f.key("match").index(j).key("sniHosts").index(k);
+                    sni_host(cx, &hf, host, vs_hosts);
+                }
+            }
+        }
+        let destinations = route.get("route").and_then(|r| r.as_array());
+        if destinations.is_none_or(|d| d.is_empty()) {
+            cx.error(&f.key("route"), "a route needs at least one destination");
+        }
+        let mut total = 0i64;
+        let destinations = destinations.map(Vec::as_slice).unwrap_or_default();
+        for (j, d) in destinations.iter().enumerate() {
+            let df = f.key("route").index(j);
+            match d
+                .get("destination")
+                .and_then(|d| d.get("host"))
+                .and_then(|h| h.as_str())
+            {
+                Some(host) => destination_host(cx, &df.key("destination").key("host"), host),
+                None => cx.error(&df.key("destination"), "destination host is required"),
+            }
+            let weight = d.get("weight").and_then(|w| w.as_i64()).unwrap_or(0);
+            if weight < 0 {
+                cx.error(&df.key("weight"), "weight must not be negative");
+            }
+            total += weight;
+        }
+        if destinations.len() > 1 && total == 0 {
+            cx.error(&f.key("route"), "the destination weights add up to 0");
+        }
+    }
+}
+
+fn sni_host(cx: &mut Cx, field: &FieldPath, host: &str, vs_hosts: &[String]) {
+    if let Err(reason) = syntax::check_wildcard_domain(host) {
+        if syntax::is_ip(host) {
+            cx.warn(
+                field,
+                format!("SNI host `{host}` is an IP address; SNI carries names, and most clients never send an IP"),
+            );
+        } else {
+            cx.error(field, reason);
+        }
+        return;
+    }
+    let host = host.to_ascii_lowercase();
+    let within = vs_hosts
+        .iter()
+        .any(|h| crate::host_matches(&h.to_ascii_lowercase(), &host));
+    if !within {
+        cx.error(
+            field,
+            format!("SNI host `{host}` is not within any of the VirtualService's hosts"),
+        );
+    }
+}
+
+/// A destination host as Istio checks it: a domain whose first label may be a wildcard,
+/// but not `*` alone.
+fn destination_host(cx: &mut Cx, field: &FieldPath, host: &str) {
+    if host.is_empty() {
+        cx.error(field, "destination host is required");
+    } else if host == "*" {
+        cx.error(field, "a destination host cannot be `*`: name the service");
+    } else if let Err(reason) = syntax::check_wildcard_domain(host) {
+        cx.error(field, reason);
     }
 }
 
@@ -841,11 +969,15 @@ fn route_destinations(
 }
 
 fn destination(cx: &mut Cx, field: &FieldPath, d: &wire::Destination, ns: &str) -> Destination {
-    if d.host.is_empty() {
-        cx.error(&field.key("host"), "destination host is required");
-    }
-    if d.subset.as_deref() == Some("") {
-        cx.error(&field.key("subset"), "subset must not be empty");
+    destination_host(cx, &field.key("host"), &d.host);
+    // proto3: an empty subset is no subset.
+    if let Some(subset) = d.subset.as_deref().filter(|s| !s.is_empty()) {
+        if !syntax::is_dns1123_label(subset) {
+            cx.error(
+                &field.key("subset"),
+                format!("subset `{subset}` is not a valid subset name (a DNS-1123 label)"),
+            );
+        }
     }
     Destination {
         host: resolve_host(&d.host, ns),
@@ -1417,7 +1549,8 @@ fn http_redirect(
         );
     }
     let code = match r.redirect_code {
-        None => 301,
+        // proto3: 0 is unset.
+        None | Some(0) => 301,
         Some(c) if (300..=399).contains(&c) => c as u16,
         Some(c) => {
             cx.error(
@@ -1498,9 +1631,23 @@ fn destination_rule(cx: &mut Cx, meta: Meta, spec: wire::DestinationRuleSpec) ->
     let spec_path = FieldPath::root().key("spec");
     if spec.host.is_empty() {
         cx.error(&spec_path.key("host"), "host is required");
+    } else if let Err(reason) = syntax::check_wildcard_domain(&spec.host) {
+        cx.error(&spec_path.key("host"), reason);
     }
     if spec.workload_selector.is_some() {
         cx.unsupported(&spec_path.key("workloadSelector"), "workloadSelector");
+    }
+    let export_path = spec_path.key("exportTo");
+    check_export_to(cx, &export_path, &spec.export_to, &meta.namespace, false);
+    // A rule for selected workloads stays in its own namespace.
+    if spec.workload_selector.is_some() {
+        let own = |e: &String| e == "." || *e == meta.namespace;
+        if let Some(i) = spec.export_to.iter().position(|e| !own(e)) {
+            cx.error(
+                &export_path.index(i),
+                "a DestinationRule with a workloadSelector can only be exported to its own namespace (`.`)",
+            );
+        }
     }
     let mut host_policy = traffic_policy(
         cx,
@@ -1524,7 +1671,13 @@ fn destination_rule(cx: &mut Cx, meta: Meta, spec: wire::DestinationRuleSpec) ->
                     &f.key("name"),
                     format!("subset `{}` is defined twice", s.name),
                 );
+            } else if !syntax::is_dns1123_label(&s.name) {
+                cx.error(
+                    &f.key("name"),
+                    format!("subset name `{}` is not a DNS-1123 label", s.name),
+                );
             }
+            check_labels(cx, &f.key("labels"), &s.labels);
             Subset {
                 name: s.name.clone(),
                 labels: s.labels.clone(),
@@ -1732,6 +1885,10 @@ fn load_balancer(
     }
     if lb.warmup_duration_secs.is_some() {
         cx.unsupported(&field.key("warmupDurationSecs"), "warmupDurationSecs");
+        let _ = cx.envoy_duration(&field.key("warmupDurationSecs"), &lb.warmup_duration_secs);
+    }
+    if let Some(warmup) = &lb.warmup {
+        warmup_settings(cx, &field.key("warmup"), warmup);
     }
     match (&lb.simple, &lb.consistent_hash) {
         (Some(_), Some(_)) => {
@@ -1856,6 +2013,32 @@ fn consistent_hash(
         key,
         algorithm,
     }))
+}
+
+/// The CRD's bounds for `warmup`, which abgate does not act on but still checks.
+fn warmup_settings(cx: &mut Cx, field: &FieldPath, warmup: &serde_json::Value) {
+    match warmup.get("duration").and_then(|d| d.as_str()) {
+        Some(d) => {
+            let _ = cx.envoy_duration(&field.key("duration"), &Some(d.to_owned()));
+        }
+        None => cx.error(&field.key("duration"), "warmup needs a duration"),
+    }
+    if let Some(p) = warmup.get("minimumPercent").and_then(|v| v.as_f64()) {
+        if !(0.0..=100.0).contains(&p) {
+            cx.error(
+                &field.key("minimumPercent"),
+                format!("minimumPercent must be between 0 and 100, got {p}"),
+            );
+        }
+    }
+    if let Some(a) = warmup.get("aggression").and_then(|v| v.as_f64()) {
+        if a < 0.0 {
+            cx.error(
+                &field.key("aggression"),
+                format!("aggression must not be negative, got {a}"),
+            );
+        }
+    }
 }
 
 fn is_prime(n: u64) -> bool {
@@ -2060,19 +2243,39 @@ fn gateway(cx: &mut Cx, meta: Meta, spec: wire::GatewaySpec) -> Gateway {
 }
 
 fn server(cx: &mut Cx, field: &FieldPath, index: usize, s: &wire::Server) -> Option<GatewayServer> {
-    let port = cx.port(&field.key("port").key("number"), s.port.number);
+    let unix_path = s.bind.as_deref().and_then(|b| b.strip_prefix("unix://"));
+    let port = match unix_path {
+        // A unix socket has no port: Istio wants 0 there.
+        Some(path) => {
+            if let Err(reason) = syntax::check_unix_address(path) {
+                cx.error(&field.key("bind"), reason);
+            }
+            if s.port.number != 0 {
+                cx.error(
+                    &field.key("port").key("number"),
+                    "a server bound to a unix socket takes port number 0",
+                );
+            }
+            cx.unsupported(
+                &field.key("bind"),
+                "a unix socket bind (the server is left out)",
+            );
+            0
+        }
+        None => cx.port(&field.key("port").key("number"), s.port.number),
+    };
     let protocol = match s.port.protocol.to_ascii_uppercase().as_str() {
         "HTTP" => Protocol::Http,
         "HTTPS" => Protocol::Https,
         "HTTP2" => Protocol::Http2,
         "GRPC" => Protocol::Grpc,
         "TLS" => Protocol::Tls,
-        "TCP" | "MONGO" => Protocol::Tcp,
+        other if syntax::is_known_protocol(other) && !other.is_empty() => Protocol::Tcp,
         other => {
             cx.error(
                 &field.key("port").key("protocol"),
                 format!(
-                    "protocol `{other}` is not one of HTTP, HTTPS, HTTP2, GRPC, TLS, TCP, MONGO"
+                    "protocol `{other}` is not one of HTTP, HTTPS, HTTP2, GRPC, GRPC-WEB, HTTP_PROXY, TLS, TCP, UDP, MONGO, REDIS, MYSQL"
                 ),
             );
             return None;
@@ -2156,6 +2359,10 @@ fn server(cx: &mut Cx, field: &FieldPath, index: usize, s: &wire::Server) -> Opt
         }
         _ => {}
     }
+    if unix_path.is_some() {
+        // Not served: abgate listens on TCP only.
+        return None;
+    }
     Some(GatewayServer {
         index,
         port,
@@ -2204,19 +2411,20 @@ fn server_tls(cx: &mut Cx, field: &FieldPath, t: &wire::ServerTls) -> Option<Ser
     if bad_name {
         return None;
     }
-    if t.credential_name.is_some() && !t.credential_names.is_empty() {
-        cx.error(
-            field,
-            "credentialName and credentialNames cannot both be set",
-        );
-        return None;
+    // proto3: an empty string is an unset field.
+    fn given(v: &Option<String>) -> Option<&str> {
+        v.as_deref().filter(|s| !s.is_empty())
     }
+    let (certificate, private_key) = (given(&t.server_certificate), given(&t.private_key));
+    let ca_certificates = given(&t.ca_certificates);
+    let credential_name = given(&t.credential_name);
+    let named = credential_name.is_some() || !t.credential_names.is_empty();
     if mode == Some(TlsMode::IstioMutual)
-        && (t.credential_name.is_some()
-            || !t.credential_names.is_empty()
-            || t.server_certificate.is_some()
-            || t.private_key.is_some()
-            || t.ca_certificates.is_some())
+        && (certificate.is_some()
+            || private_key.is_some()
+            || ca_certificates.is_some()
+            || !t.tls_certificates.is_empty()
+            || named)
     {
         cx.error(
             field,
@@ -2224,47 +2432,100 @@ fn server_tls(cx: &mut Cx, field: &FieldPath, t: &wire::ServerTls) -> Option<Ser
         );
         return None;
     }
-    if matches!(mode, Some(TlsMode::Mutual | TlsMode::OptionalMutual))
-        && t.credential_name.is_none()
-        && t.credential_names.is_empty()
-        && t.ca_certificates.is_none()
-    {
-        cx.error(
+    let uses_certificates = certificate.is_some()
+        || private_key.is_some()
+        || ca_certificates.is_some()
+        || given(&t.ca_crl).is_some()
+        || !t.tls_certificates.is_empty()
+        || named;
+    if matches!(mode, Some(TlsMode::Passthrough | TlsMode::AutoPassthrough)) && uses_certificates {
+        cx.warn(
             field,
-            "MUTUAL TLS needs caCertificates (or a credentialName holding the CA)",
+            "PASSTHROUGH does not terminate TLS, so its certificates are ignored",
         );
     }
-    let credential = match (&t.credential_name, &t.server_certificate, &t.private_key) {
-        (Some(name), None, None) => Some(Credential::Named(name.clone())),
-        (None, Some(cert), Some(key)) => Some(Credential::Files {
-            certificate: cert.clone(),
-            private_key: key.clone(),
-        }),
-        (None, None, None) if !t.credential_names.is_empty() => {
-            Some(Credential::Named(t.credential_names[0].clone()))
-        }
-        (None, None, None) => None,
-        (Some(_), _, _) => {
+    let sources = [
+        certificate.is_some() && private_key.is_some(),
+        credential_name.is_some(),
+        !t.credential_names.is_empty(),
+        !t.tls_certificates.is_empty(),
+    ];
+    if sources.iter().filter(|s| **s).count() > 1 {
+        cx.error(
+            field,
+            "give only one of credentialName, credentialNames, serverCertificate/privateKey and tlsCertificates",
+        );
+        return None;
+    }
+    let terminates = matches!(
+        mode,
+        Some(TlsMode::Simple | TlsMode::Mutual | TlsMode::OptionalMutual)
+    );
+    // With a credential, the certificate, key and CA come from the secret.
+    if terminates && !named {
+        let mutual = mode != Some(TlsMode::Simple);
+        let what = if mutual { "MUTUAL TLS" } else { "SIMPLE TLS" };
+        if mutual && ca_certificates.is_none() {
             cx.error(
                 field,
-                "credentialName cannot be combined with serverCertificate/privateKey",
+                "MUTUAL TLS needs caCertificates (or a credentialName holding the CA)",
             );
-            return None;
         }
-        _ => {
+        if t.tls_certificates.is_empty() {
+            if certificate.is_none() {
+                cx.error(
+                    field,
+                    format!("{what} needs serverCertificate (or a credentialName)"),
+                );
+            }
+            if private_key.is_none() {
+                cx.error(
+                    field,
+                    format!("{what} needs privateKey (or a credentialName)"),
+                );
+            }
+        } else {
+            if t.tls_certificates.len() > 2 {
+                cx.warn(
+                    &field.key("tlsCertificates"),
+                    format!("{what} takes at most 2 server certificates"),
+                );
+            }
+            for (i, pair) in t.tls_certificates.iter().enumerate() {
+                for key in ["serverCertificate", "privateKey"] {
+                    if pair
+                        .get(key)
+                        .and_then(|v| v.as_str())
+                        .is_none_or(str::is_empty)
+                    {
+                        cx.error(
+                            &field.key("tlsCertificates").index(i),
+                            format!("{what} needs {key} in every tlsCertificates entry"),
+                        );
+                    }
+                }
+            }
+            cx.unsupported(&field.key("tlsCertificates"), "tlsCertificates");
+        }
+        if mode == Some(TlsMode::Simple) && given(&t.ca_crl).is_some() {
             cx.error(
-                field,
-                "serverCertificate and privateKey must be set together",
+                &field.key("caCrl"),
+                "SIMPLE TLS does not verify clients, so it cannot take a CRL",
             );
-            return None;
         }
+    }
+    let credential = if let Some(name) = credential_name {
+        Some(Credential::Named(name.to_owned()))
+    } else if let Some(name) = t.credential_names.first() {
+        Some(Credential::Named(name.clone()))
+    } else if let (Some(cert), Some(key)) = (certificate, private_key) {
+        Some(Credential::Files {
+            certificate: cert.to_owned(),
+            private_key: key.to_owned(),
+        })
+    } else {
+        None
     };
-    if mode == Some(TlsMode::Simple) && credential.is_none() {
-        cx.error(
-            field,
-            "SIMPLE TLS needs credentialName, or serverCertificate and privateKey",
-        );
-    }
     Some(ServerTls {
         https_redirect: t.https_redirect,
         mode,
@@ -2275,6 +2536,46 @@ fn server_tls(cx: &mut Cx, field: &FieldPath, t: &wire::ServerTls) -> Option<Ser
 // ---------------------------------------------------------------------------------------
 // ServiceEntry, WorkloadEntry
 
+/// DYNAMIC_DNS forwards to the host the request names: Istio wants wildcard hosts, no
+/// addresses, ports Envoy's dynamic forward proxy serves, and no waypoint when internal.
+fn dynamic_dns(cx: &mut Cx, spec_path: &FieldPath, spec: &wire::ServiceEntrySpec, meta: &Meta) {
+    for (i, host) in spec.hosts.iter().enumerate() {
+        if !host.starts_with('*') {
+            cx.error(
+                &spec_path.key("hosts").index(i),
+                format!("resolution DYNAMIC_DNS needs wildcard hosts; `{host}` is not one"),
+            );
+        }
+    }
+    if !spec.addresses.is_empty() {
+        cx.error(
+            &spec_path.key("addresses"),
+            "resolution DYNAMIC_DNS takes no addresses: routes come from the hosts",
+        );
+    }
+    for (i, p) in spec.ports.iter().enumerate() {
+        if !matches!(
+            p.protocol.to_ascii_uppercase().as_str(),
+            "HTTP" | "TLS" | "GRPC" | "HTTP2"
+        ) {
+            cx.error(
+                &spec_path.key("ports").index(i).key("protocol"),
+                "resolution DYNAMIC_DNS serves HTTP, HTTP2, GRPC and TLS ports only",
+            );
+        }
+    }
+    let waypoint = meta
+        .labels
+        .get("istio.io/use-waypoint")
+        .is_some_and(|w| !w.is_empty() && !w.eq_ignore_ascii_case("none"));
+    if spec.location.as_deref() == Some("MESH_INTERNAL") && waypoint {
+        cx.error(
+            &spec_path.key("location"),
+            "location MESH_INTERNAL with resolution DYNAMIC_DNS does not work through a waypoint (label istio.io/use-waypoint)",
+        );
+    }
+}
+
 fn service_entry(cx: &mut Cx, meta: Meta, spec: wire::ServiceEntrySpec) -> ServiceEntry {
     let spec_path = FieldPath::root().key("spec");
     let ns = meta.namespace.clone();
@@ -2282,6 +2583,38 @@ fn service_entry(cx: &mut Cx, meta: Meta, spec: wire::ServiceEntrySpec) -> Servi
         cx.error(&spec_path.key("hosts"), "at least one host is required");
     }
     let resolution = spec.resolution.as_deref();
+    check_export_to(cx, &spec_path.key("exportTo"), &spec.export_to, &ns, true);
+    if let Some(selector) = &spec.workload_selector {
+        let f = spec_path.key("workloadSelector").key("labels");
+        for (key, value) in &selector.labels {
+            if key.is_empty() || key.contains('*') || value.contains('*') {
+                cx.error(
+                    &f.key(key),
+                    format!(
+                        "`{key}: {value}`: a selector label needs a key, and takes no wildcard"
+                    ),
+                );
+            }
+        }
+    }
+    if resolution == Some("DYNAMIC_DNS") {
+        dynamic_dns(cx, &spec_path, &spec, &meta);
+    }
+    if resolution != Some("NONE") && resolution.is_some() && spec.hosts.len() > 1 {
+        let plain = spec.ports.iter().position(|p| {
+            let proto = p.protocol.to_ascii_uppercase();
+            !matches!(
+                proto.as_str(),
+                "HTTP" | "HTTP2" | "HTTP_PROXY" | "GRPC" | "GRPC-WEB" | "HTTPS" | "TLS"
+            )
+        });
+        if let Some(i) = plain {
+            cx.error(
+                &spec_path.key("ports").index(i).key("protocol"),
+                "several hosts share this ServiceEntry, and a port that is not HTTP or TLS carries nothing to tell them apart; use one host, or resolution NONE",
+            );
+        }
+    }
     if let Some(res) = resolution {
         if !matches!(
             res,
@@ -2339,6 +2672,11 @@ fn service_entry(cx: &mut Cx, meta: Meta, spec: wire::ServiceEntrySpec) -> Servi
                 &spec_path.key("addresses").index(i),
                 format!("`{address}` is not an IP address or CIDR block"),
             );
+        } else if address.contains('/') && !matches!(resolution, None | Some("NONE" | "STATIC")) {
+            cx.error(
+                &spec_path.key("addresses").index(i),
+                format!("CIDR block `{address}` needs resolution NONE or STATIC"),
+            );
         }
     }
     if spec.workload_selector.is_some() && !spec.endpoints.is_empty() {
@@ -2365,6 +2703,18 @@ fn service_entry(cx: &mut Cx, meta: Meta, spec: wire::ServiceEntrySpec) -> Servi
                 cx.error(
                     &f.key("number"),
                     format!("port {} is defined twice", p.number),
+                );
+            }
+            if !syntax::is_dns1123_label(&p.name) {
+                cx.error(
+                    &f.key("name"),
+                    format!("port name `{}` is not a DNS-1123 label", p.name),
+                );
+            }
+            if !syntax::is_known_protocol(&p.protocol) {
+                cx.error(
+                    &f.key("protocol"),
+                    format!("`{}` is not a protocol Istio knows (HTTP, HTTPS, HTTP2, GRPC, GRPC-WEB, HTTP_PROXY, TLS, TCP, UDP, MONGO, REDIS, MYSQL)", p.protocol),
                 );
             }
             ServicePort {
@@ -2418,7 +2768,27 @@ fn service_entry(cx: &mut Cx, meta: Meta, spec: wire::ServiceEntrySpec) -> Servi
         let f = endpoints_path.index(i);
         let address = e.address.as_str();
         let ip_only = matches!(resolution, None | Some("STATIC"));
-        if !address.is_empty() && !address.starts_with("unix://") && !syntax::is_ip(address) {
+        check_labels(cx, &f.key("labels"), &e.labels);
+        if let Some(path) = address.strip_prefix("unix://") {
+            if !ip_only {
+                cx.error(
+                    &f.key("address"),
+                    format!("`{address}` is a unix socket; resolution {} takes IP addresses or host names", resolution.unwrap_or_default()),
+                );
+            } else if let Err(reason) = syntax::check_unix_address(path) {
+                cx.error(&f.key("address"), reason);
+            } else {
+                if !e.ports.is_empty() {
+                    cx.error(&f.key("ports"), "a unix socket endpoint takes no ports");
+                }
+                if spec.ports.len() != 1 {
+                    cx.error(
+                        &f.key("address"),
+                        "a unix socket endpoint needs exactly one ServiceEntry port",
+                    );
+                }
+            }
+        } else if !address.is_empty() && !syntax::is_ip(address) {
             if ip_only {
                 cx.error(
                     &f.key("address"),
@@ -2433,7 +2803,12 @@ fn service_entry(cx: &mut Cx, meta: Meta, spec: wire::ServiceEntrySpec) -> Servi
         }
         if checks_ports {
             for name in e.ports.keys() {
-                if !spec.ports.iter().any(|p| &p.name == name) {
+                if !syntax::is_dns1123_label(name) {
+                    cx.error(
+                        &f.key("ports").key(name),
+                        format!("port name `{name}` is not a DNS-1123 label"),
+                    );
+                } else if !spec.ports.iter().any(|p| &p.name == name) {
                     cx.error(
                         &f.key("ports").key(name),
                         format!("port `{name}` is not one of this ServiceEntry's ports"),
@@ -2459,7 +2834,14 @@ fn service_entry(cx: &mut Cx, meta: Meta, spec: wire::ServiceEntrySpec) -> Servi
 
 fn endpoint(cx: &mut Cx, field: &FieldPath, e: wire::WorkloadEntrySpec) -> Endpoint {
     if e.address.is_empty() {
-        cx.error(&field.key("address"), "address is required");
+        match e.network.as_deref().filter(|n| !n.is_empty()) {
+            // Istio reaches it through its network's gateway; abgate cannot.
+            Some(network) => cx.warn(
+                &field.key("address"),
+                format!("no address: this endpoint is on network `{network}`, reached through that network's gateway, which abgate cannot do; it is left out"),
+            ),
+            None => cx.error(&field.key("address"), "address is required"),
+        }
     }
     let ports = e
         .ports

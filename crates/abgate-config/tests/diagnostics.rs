@@ -825,3 +825,204 @@ fn service_entry_values_istio_rejects() {
     );
     assert!(loaded.config.service_entries.is_empty());
 }
+
+#[test]
+fn destination_syntax_export_to_and_l4_routes() {
+    let loaded = load(&[SERVICE, RULE, "vs-destinations.yaml"]);
+    let file = "vs-destinations.yaml";
+    assert_exactly(
+        &loaded,
+        &[
+            (
+                "IST0106",
+                Error,
+                file,
+                "MARK-STAR",
+                "spec.http[0].route[0].destination.host",
+            ),
+            (
+                "IST0106",
+                Error,
+                file,
+                "MARK-TRAILING",
+                "spec.http[0].route[0].destination.host",
+            ),
+            (
+                "IST0106",
+                Error,
+                file,
+                "MARK-SUBSET",
+                "spec.http[0].route[0].destination.subset",
+            ),
+            ("IST0106", Error, file, "MARK-EXPORT", "spec.exportTo[1]"),
+            ("ABG0004", Info, file, "MARK-TCP-INFO", "spec.tcp"),
+            ("IST0106", Error, file, "MARK-NO-ROUTE", "spec.tcp[0].route"),
+            ("ABG0004", Info, file, "MARK-TLS-INFO", "spec.tls"),
+            (
+                "IST0106",
+                Error,
+                file,
+                "MARK-SNI",
+                "spec.tls[0].match[0].sniHosts[0]",
+            ),
+        ],
+    );
+    assert!(message_of(&loaded, "IST0106").contains("cannot be `*`"));
+    assert!(
+        loaded.config.virtual_services.is_empty(),
+        "each of these is refused"
+    );
+}
+
+#[test]
+fn destination_rule_names_labels_export_to_and_warmup() {
+    let loaded = load(&[SERVICE, RULE, "dr-syntax.yaml"]);
+    let file = "dr-syntax.yaml";
+    assert_exactly(
+        &loaded,
+        &[
+            ("IST0106", Error, file, "MARK-NAME", "spec.subsets[0].name"),
+            (
+                "IST0106",
+                Error,
+                file,
+                "MARK-LABEL",
+                "spec.subsets[0].labels.version",
+            ),
+            (
+                "ABG0004",
+                Info,
+                file,
+                "MARK-SELECTOR",
+                "spec.workloadSelector",
+            ),
+            ("IST0106", Error, file, "MARK-EXPORT", "spec.exportTo[0]"),
+            (
+                "ABG0004",
+                Info,
+                file,
+                "MARK-WARMUP",
+                "spec.trafficPolicy.loadBalancer.warmup",
+            ),
+            (
+                "IST0106",
+                Error,
+                file,
+                "MARK-PERCENT",
+                "spec.trafficPolicy.loadBalancer.warmup.minimumPercent",
+            ),
+        ],
+    );
+}
+
+#[test]
+fn gateway_tls_sources_and_unix_binds() {
+    let loaded = load(&[SERVICE, RULE, "gateway-tls.yaml"]);
+    let file = "gateway-tls.yaml";
+    assert_exactly(
+        &loaded,
+        &[
+            ("IST0106", Error, file, "MARK-NO-KEY", "spec.servers[0].tls"),
+            (
+                "IST0106",
+                Error,
+                file,
+                "MARK-TWO-SOURCES",
+                "spec.servers[0].tls",
+            ),
+            (
+                "ABG0004",
+                Info,
+                file,
+                "MARK-TLS-INFO",
+                "spec.servers[0].port.protocol",
+            ),
+            (
+                "ABG0004",
+                Info,
+                file,
+                "MARK-MODE-INFO",
+                "spec.servers[0].tls.mode",
+            ),
+            (
+                "IST0133",
+                Warning,
+                file,
+                "MARK-PASSTHROUGH",
+                "spec.servers[0].tls",
+            ),
+            (
+                "IST0106",
+                Error,
+                file,
+                "MARK-UNIX-PORT",
+                "spec.servers[0].port.number",
+            ),
+            (
+                "ABG0004",
+                Info,
+                file,
+                "MARK-UNIX-INFO",
+                "spec.servers[0].bind",
+            ),
+        ],
+    );
+    assert!(message_of(&loaded, "IST0106").contains("needs privateKey"));
+    assert!(message_of(&loaded, "IST0133").contains("certificates are ignored"));
+}
+
+#[test]
+fn service_entry_ports_addresses_and_endpoints() {
+    let loaded = load(&[SERVICE, RULE, "se-syntax.yaml"]);
+    let file = "se-syntax.yaml";
+    assert_exactly(
+        &loaded,
+        &[
+            (
+                "IST0106",
+                Error,
+                file,
+                "MARK-PORT-NAME",
+                "spec.ports[0].name",
+            ),
+            (
+                "IST0106",
+                Error,
+                file,
+                "MARK-PROTOCOL",
+                "spec.ports[0].protocol",
+            ),
+            ("IST0106", Error, file, "MARK-CIDR", "spec.addresses[0]"),
+            (
+                "IST0106",
+                Error,
+                file,
+                "MARK-UNIX",
+                "spec.endpoints[0].address",
+            ),
+            ("IST0106", Error, file, "MARK-DYNAMIC", "spec.hosts[0]"),
+            (
+                "IST0133",
+                Warning,
+                file,
+                "MARK-NETWORK",
+                "spec.endpoints[0].address",
+            ),
+            (
+                "IST0106",
+                Error,
+                file,
+                "MARK-SELECTOR",
+                "spec.workloadSelector.labels.app",
+            ),
+        ],
+    );
+    let network_only = loaded
+        .config
+        .service("f.example.com")
+        .expect("the entry with a network-only endpoint loads");
+    assert!(
+        network_only.endpoints.is_empty(),
+        "an endpoint with no address is left out"
+    );
+}

@@ -311,7 +311,10 @@ static VS_SPEC: Shape = Map(&[
     ("http", List(&HTTP_ROUTE)),
     ("tls", Any),
     ("tcp", Any),
-    ("exportTo", List(&Enum(&[".", "*", "other"]))),
+    (
+        "exportTo",
+        List(&Enum(&[".", "*", "other", "~", "default", "ns_1"])),
+    ),
 ]);
 
 static CONSISTENT_HASH: Shape = Map(&[
@@ -422,7 +425,8 @@ static DR_SPEC: Shape = Map(&[
 ]);
 
 static PROTOCOLS: &[&str] = &[
-    "HTTP", "HTTPS", "HTTP2", "GRPC", "TLS", "TCP", "http", "MONGO", "GRPC-WEB", "",
+    "HTTP", "HTTPS", "HTTP2", "GRPC", "TLS", "TCP", "http", "MONGO", "GRPC-WEB", "", "REDIS",
+    "UDP", "kafka",
 ];
 static GW_SPEC: Shape = Map(&[
     ("selector", Dict(&LabelKey, &LabelVal)),
@@ -507,7 +511,14 @@ static SE_SPEC: Shape = Map(&[
     ("location", Enum(&["MESH_EXTERNAL", "MESH_INTERNAL", "x"])),
     (
         "resolution",
-        Enum(&["NONE", "STATIC", "DNS", "DNS_ROUND_ROBIN", "x"]),
+        Enum(&[
+            "NONE",
+            "STATIC",
+            "DNS",
+            "DNS_ROUND_ROBIN",
+            "DYNAMIC_DNS",
+            "x",
+        ]),
     ),
     ("endpoints", List(&WE_SPEC)),
     (
@@ -687,7 +698,7 @@ const GATEWAY_REFS: &[&str] = &[
     "a/b/c",
 ];
 const SUBSETS: &[&str] = &[
-    "v1", "v2", "stable", "canary", "baseline", "v1-0", "", "V1", "x.y",
+    "v1", "v2", "stable", "canary", "baseline", "v1-0", "", "V1", "x.y", "v1_beta",
 ];
 const HEADER_NAMES: &[&str] = &[
     "x-user-id",
@@ -791,8 +802,21 @@ const ADDRESSES: &[&str] = &[
     "0.0.0.0",
     "256.1.1.1",
     "unix:///s",
+    "unix://relative.sock",
+    "10.0.0.0/8",
 ];
-const LABEL_KEYS: &[&str] = &["version", "app", "track", "istio", "", "a/b", "Version"];
+const LABEL_KEYS: &[&str] = &[
+    "version",
+    "app",
+    "track",
+    "istio",
+    "",
+    "a/b",
+    "Version",
+    "app.kubernetes.io/name",
+    "a*",
+    "-x",
+];
 const LABEL_VALS: &[&str] = &[
     "v1",
     "v2",
@@ -801,6 +825,8 @@ const LABEL_VALS: &[&str] = &[
     "",
     "ingressgateway",
     "reviews",
+    "*",
+    "-v",
 ];
 const RETRY_ONS: &[&str] = &[
     "5xx",
