@@ -9,8 +9,9 @@ use std::time::Duration;
 
 use abgate_config::model::{BanditReward, Experiment, GateKind, Strategy};
 use abgate_experiment::{
-    advance, all_to, step, Decision, DecisionRecord, ExperimentState, Observations, Phase, Report,
-    RewardTotals,
+    advance, after_confirm_promotion, after_failure, after_pre_rollout, after_rollback_gates,
+    all_to, judge_gates, past_progress_deadline, step, Decision, DecisionRecord, ExperimentState,
+    Gated, Observations, Phase, Report, RewardTotals,
 };
 use abgate_outbound::Client;
 use abgate_state::{DecisionRow, Store};
@@ -19,7 +20,7 @@ use serde_json::{json, Value};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::gates::{ask_gates, has_gate, tell_event_gates};
+use crate::gates::{self, has_gate, tell_event_gates};
 use crate::{Actuator, Clock, ControlError, MetricSource};
 
 type Result<T, E = ControlError> = std::result::Result<T, E>;
@@ -233,19 +234,12 @@ impl Controller {
     fn due(&self, now: u64) -> Vec<String> {
         self.lock()
             .values()
-            .filter(|t| Self::overdue(t, now).is_some() || Self::analysis_due(t, now))
+            .filter(|t| {
+                past_progress_deadline(&t.spec, &t.state, now).is_some()
+                    || Self::analysis_due(t, now)
+            })
             .map(|t| t.spec.id.clone())
             .collect()
-    }
-
-    /// The progress deadline `t` has passed, if it has.
-    fn overdue(t: &Tracked, now: u64) -> Option<Duration> {
-        if !matches!(t.state.phase, Phase::Running | Phase::Paused) {
-            return None;
-        }
-        let deadline = t.spec.progress_deadline?;
-        let since = t.state.updated_at.max(t.state.started_at);
-        (now.saturating_sub(since) > deadline.as_millis() as u64).then_some(deadline)
     }
 
     fn analysis_due(t: &Tracked, now: u64) -> bool {
@@ -261,14 +255,13 @@ impl Controller {
             let Some(t) = tracked.get(id) else {
                 return Ok(());
             };
-            (Self::overdue(t, now), Self::analysis_due(t, now))
+            (
+                past_progress_deadline(&t.spec, &t.state, now),
+                Self::analysis_due(t, now),
+            )
         };
-        if let Some(deadline) = overdue {
-            let reason = format!(
-                "no decision moved the experiment on within its progress deadline of {}; rolling back",
-                humantime::format_duration(deadline)
-            );
-            return self.force_rollback(id, reason, now);
+        if let Some(rollback) = overdue {
+            return self.force(id, rollback, now);
         }
         if due {
             self.analyze(id, now).await?;
@@ -276,22 +269,24 @@ impl Controller {
         Ok(())
     }
 
-    /// Rolls back whatever the policy would say (a deadline, a gate, a failure limit).
-    fn force_rollback(&self, id: &str, reason: String, now: u64) -> Result<()> {
+    /// Takes `decision` (a rollback for a deadline, a gate, a failure limit) without an
+    /// analysis.
+    fn force(&self, id: &str, decision: Decision, now: u64) -> Result<()> {
         let (spec, mut state, revision) = self.snapshot(id)?;
         if state.phase == Phase::Paused {
             // Apply ignores nothing in Paused, but say it plainly in the state too.
             state.resume(now);
         }
         let observations = Observations::empty(&spec, state.period_started_at, now);
-        self.decide(
-            &spec,
-            state,
-            revision,
-            Decision::Rollback { reason },
-            observations,
-            now,
-        )
+        self.decide(&spec, state, revision, decision, observations, now)
+    }
+
+    /// Takes what a gate's verdict calls for: a decision, or a failed analysis.
+    fn gated(&self, spec: &Experiment, gated: Gated, now: u64) -> Result<()> {
+        match gated {
+            Gated::Decide(decision) => self.force(&spec.id, decision, now),
+            Gated::Failed(why) => self.fail(spec, now, why),
+        }
     }
 
     /// The current period's observations, with the feedback posted in it.
@@ -383,38 +378,21 @@ impl Controller {
         self.note_analysis(id, now, None, None);
 
         if pre_rollout_pending {
-            return match ask_gates(&self.webhooks, &spec, GateKind::PreRollout, &state, None).await
-            {
-                Ok(()) => {
-                    if let Some(t) = self.lock().get_mut(id) {
-                        t.pre_rollout_pending = false;
-                    }
-                    let weights = spec.variants.iter().map(|v| v.weight).collect();
-                    let reason =
-                        "pre-rollout gates passed; the candidate gets its first traffic".to_owned();
-                    let observations = Observations::empty(&spec, state.period_started_at, now);
-                    Ok(self.decide(
-                        &spec,
-                        state,
-                        revision,
-                        Decision::SetWeights { weights, reason },
-                        observations,
-                        now,
-                    )?)
+            let replies =
+                gates::ask(&self.webhooks, &spec, GateKind::PreRollout, &state, None).await;
+            let gated = after_pre_rollout(&spec, &judge_gates(GateKind::PreRollout, &replies));
+            if let Gated::Decide(_) = gated {
+                if let Some(t) = self.lock().get_mut(id) {
+                    t.pre_rollout_pending = false;
                 }
-                Err(refusal) => self.fail(&spec, now, format!("pre-rollout {refusal}")),
-            };
+            }
+            return self.gated(&spec, gated, now);
         }
 
-        if let Err(refusal) =
-            ask_gates(&self.webhooks, &spec, GateKind::Rollback, &state, None).await
+        let replies = gates::ask(&self.webhooks, &spec, GateKind::Rollback, &state, None).await;
+        if let Some(gated) = after_rollback_gates(&spec, &judge_gates(GateKind::Rollback, &replies))
         {
-            // A rollback gate that answers yes (2xx) asks for a rollback; one that gives
-            // no answer leaves the analysis incomplete.
-            if refusal.asked {
-                return self.force_rollback(id, format!("rollback {refusal}"), now);
-            }
-            return self.fail(&spec, now, format!("rollback {refusal}"));
+            return self.gated(&spec, gated, now);
         }
 
         let observations = match self.observe(&spec, &state, now).await {
@@ -422,24 +400,13 @@ impl Controller {
             Err(e) => return self.fail(&spec, now, format!("metric source: {e:#}")),
         };
         let mut decision = step(&spec, &state, &observations, now);
-        if let Decision::Promote { variant, reason } = &decision {
-            if let Err(refusal) = ask_gates(
-                &self.webhooks,
-                &spec,
-                GateKind::ConfirmPromotion,
-                &state,
-                Some(&decision),
-            )
-            .await
-            {
-                if !refusal.answered {
-                    // A gate that cannot be reached is a failed analysis, not a "no".
-                    return self.fail(&spec, now, format!("confirm-promotion {refusal}"));
-                }
-                decision = Decision::Hold {
-                    reason: format!("{reason}; but confirm-promotion {refusal}, so {variant} is not promoted yet"),
-                };
-            }
+        if let Decision::Promote { .. } = &decision {
+            let kind = GateKind::ConfirmPromotion;
+            let replies = gates::ask(&self.webhooks, &spec, kind, &state, Some(&decision)).await;
+            decision = match after_confirm_promotion(decision, &judge_gates(kind, &replies)) {
+                Gated::Decide(decision) => decision,
+                Gated::Failed(why) => return self.fail(&spec, now, why),
+            };
         }
         // A whole analysis went through: the run of failures is over.
         if let Some(t) = self.lock().get_mut(id) {
@@ -500,14 +467,10 @@ impl Controller {
             now,
             &json!({ "failed": why, "failures": failures }),
         )?;
-        if failures >= spec.failure_limit {
-            let reason = format!(
-                "{failures} analyses in a row failed (failureLimit {}); the last: {why}; rolling back",
-                spec.failure_limit
-            );
-            return self.force_rollback(&spec.id, reason, now);
+        match after_failure(spec, failures, &why) {
+            Some(rollback) => self.force(&spec.id, rollback, now),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     /// Records a decision, applies it to the gateway, then marks it applied.

@@ -2,32 +2,15 @@
 //! promotion; event hooks told of each decision without waiting for them.
 
 use abgate_config::model::{Experiment, GateKind};
-use abgate_experiment::{Decision, DecisionRecord, ExperimentState};
+use abgate_experiment::{
+    judge_gates, Decision, DecisionRecord, ExperimentState, GateAnswer, GateReply, GateVerdict,
+};
 use abgate_outbound::Client;
 use serde_json::{json, Value};
 
 /// Whether `spec` has a gate of `kind`.
 pub fn has_gate(spec: &Experiment, kind: GateKind) -> bool {
     spec.gates.iter().any(|g| g.kind == kind)
-}
-
-/// Why a gate did not let the experiment go on.
-#[derive(Debug)]
-pub struct GateRefusal {
-    /// The gate's name.
-    pub name: String,
-    /// The gate answered 2xx (for a rollback gate: "roll back").
-    pub asked: bool,
-    /// The gate answered at all (a refusal), rather than failing or timing out.
-    pub answered: bool,
-    /// What happened, in words.
-    pub why: String,
-}
-
-impl std::fmt::Display for GateRefusal {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "gate {} {}", self.name, self.why)
-    }
 }
 
 /// The JSON a gate receives.
@@ -47,19 +30,16 @@ fn gate_payload(
     })
 }
 
-/// Asks every gate of a kind. Pre-rollout and confirm-promotion gates pass on a 2xx
-/// answer and refuse otherwise; a rollback gate's 2xx answer is reported as a refusal
-/// with `asked` set (it asks for a rollback), any other answer lets the experiment go on.
-/// A gate of any kind that gives no answer (unreachable, refused by `--gate-allow`, past
-/// its timeout, a body over the limit) is reported with `answered` unset: a failed
-/// analysis.
-pub async fn ask_gates(
+/// Asks the gates of `kind` in order, until one does not let the experiment go on
+/// ([`judge_gates`] says what each reply means); the replies gathered.
+pub async fn ask(
     webhooks: &Client,
     spec: &Experiment,
     kind: GateKind,
     state: &ExperimentState,
     decision: Option<&Decision>,
-) -> Result<(), GateRefusal> {
+) -> Vec<GateReply> {
+    let mut replies = Vec::new();
     for gate in spec.gates.iter().filter(|g| g.kind == kind) {
         let answer = webhooks
             .post_json(
@@ -68,36 +48,18 @@ pub async fn ask_gates(
                 gate.timeout,
             )
             .await;
-        match (kind, answer) {
-            (_, Err(e)) => {
-                return Err(GateRefusal {
-                    name: gate.name.clone(),
-                    asked: false,
-                    answered: false,
-                    why: format!("failed: {e}"),
-                })
-            }
-            (GateKind::Rollback, Ok(status)) if status.is_success() => {
-                return Err(GateRefusal {
-                    name: gate.name.clone(),
-                    asked: true,
-                    answered: true,
-                    why: format!("answered {status}: roll back"),
-                })
-            }
-            (GateKind::Rollback, Ok(_)) => {}
-            (_, Ok(status)) if status.is_success() => {}
-            (_, Ok(status)) => {
-                return Err(GateRefusal {
-                    name: gate.name.clone(),
-                    asked: false,
-                    answered: true,
-                    why: format!("refused ({status})"),
-                })
-            }
+        replies.push(GateReply {
+            gate: gate.name.clone(),
+            answer: match answer {
+                Ok(status) => GateAnswer::Status(status.as_u16()),
+                Err(e) => GateAnswer::Failed(e.to_string()),
+            },
+        });
+        if judge_gates(kind, &replies) != GateVerdict::Proceed {
+            break;
         }
     }
-    Ok(())
+    replies
 }
 
 /// Tells the event gates of a decision, without waiting for them.

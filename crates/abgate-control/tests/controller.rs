@@ -2,7 +2,6 @@
 //! source and a real (in-memory SQLite) state store.
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use abgate_config::model::Experiment;
 use abgate_control::controller::Parts;
