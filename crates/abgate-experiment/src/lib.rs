@@ -23,6 +23,7 @@
 mod bandit;
 mod estimate;
 mod fmt;
+mod guard;
 mod html;
 mod observe;
 mod policy;
@@ -35,6 +36,10 @@ mod step;
 
 pub use bandit::{period_rewards, DRAWS as BANDIT_DRAWS};
 pub use estimate::{compare, Comparison, Estimate, Metric, VariantEstimates, REPORT_ALPHA};
+pub use guard::{
+    after_confirm_promotion, after_failure, after_pre_rollout, after_rollback_gates, judge_gates,
+    past_progress_deadline, GateAnswer, GateReply, GateVerdict, Gated,
+};
 pub use observe::{Observations, RewardTotals, VariantObservation};
 pub use policy::{fold, policy_for, Classic, Policy, Verdict};
 pub use report::{

@@ -12,14 +12,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use abgate_config::model::LoadBalancer;
+use abgate_outbound::Client;
 use abgate_router::cluster::{now_ms, Endpoint};
 use abgate_router::load::ServerLoad;
 use abgate_router::RouteTable;
-use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Limited};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use tokio::sync::watch;
 use tokio::task::AbortHandle;
 
@@ -27,8 +23,6 @@ use tokio::task::AbortHandle;
 const MAX_PAGE_BYTES: usize = 8 << 20;
 /// The least time a read may take, whatever the interval.
 const MIN_READ_TIMEOUT: Duration = Duration::from_millis(500);
-
-type HttpClient = Client<HttpConnector, Empty<Bytes>>;
 
 /// What one scraping task reads.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -48,7 +42,7 @@ struct Task {
 pub(crate) struct LoadScrapers {
     /// The gateway's runtime: tables may be rebuilt from threads outside it.
     runtime: tokio::runtime::Handle,
-    client: HttpClient,
+    client: Client,
     tasks: Mutex<HashMap<Target, Task>>,
     stopped: watch::Receiver<bool>,
 }
@@ -56,12 +50,10 @@ pub(crate) struct LoadScrapers {
 impl LoadScrapers {
     /// Must be called inside the gateway's runtime.
     pub(crate) fn new(stopped: watch::Receiver<bool>) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(MIN_READ_TIMEOUT));
         Self {
             runtime: tokio::runtime::Handle::current(),
-            client: Client::builder(TokioExecutor::new()).build(connector),
+            // An endpoint's own page: not held to the gates' allow-list.
+            client: Client::unrestricted(),
             tasks: Mutex::default(),
             stopped,
         }
@@ -129,7 +121,7 @@ impl Drop for LoadScrapers {
 
 /// Reads `target` every interval until the gateway stops (or the task is aborted).
 async fn scrape(
-    client: HttpClient,
+    client: Client,
     target: Target,
     endpoints: Vec<Arc<Endpoint>>,
     mut stopped: watch::Receiver<bool>,
@@ -144,8 +136,8 @@ async fn scrape(
             _ = ticks.tick() => {}
             _ = stopped.changed() => return,
         }
-        match tokio::time::timeout(timeout, read(&client, &url)).await {
-            Ok(Ok(load)) => {
+        match read(&client, &url, timeout).await {
+            Ok(load) => {
                 let now = now_ms();
                 for endpoint in &endpoints {
                     endpoint.load.set(load, now, endpoint.active());
@@ -157,12 +149,8 @@ async fn scrape(
             }
             // The last reading stays until it is too old to trust (a few intervals), so
             // one slow read on a busy machine does not switch the balancer.
-            outcome => {
+            Err(error) => {
                 if !failing {
-                    let error = match outcome {
-                        Ok(Err(error)) => error,
-                        _ => format!("no answer within {timeout:?}"),
-                    };
                     tracing::warn!(%url, %error, "cannot read the endpoint's load; its last reading ages out, then least request balances until it answers");
                     failing = true;
                 }
@@ -171,22 +159,16 @@ async fn scrape(
     }
 }
 
-/// One read of a metrics page.
-async fn read(client: &HttpClient, url: &str) -> Result<ServerLoad, String> {
-    let uri: hyper::Uri = url.parse().map_err(|e| format!("bad URL: {e}"))?;
-    let response = client
-        .get(uri)
+/// One read of a metrics page, within `timeout`.
+async fn read(client: &Client, url: &str, timeout: Duration) -> Result<ServerLoad, String> {
+    let answer = client
+        .get(url, "text/plain", MAX_PAGE_BYTES, timeout)
         .await
-        .map_err(|e| format!("request failed: {e}"))?;
-    if !response.status().is_success() {
-        return Err(format!("status {}", response.status()));
+        .map_err(|e| e.to_string())?;
+    if !answer.status.is_success() {
+        return Err(format!("status {}", answer.status));
     }
-    let page = Limited::new(response.into_body(), MAX_PAGE_BYTES)
-        .collect()
-        .await
-        .map_err(|e| format!("reading the page: {e}"))?
-        .to_bytes();
-    let text = std::str::from_utf8(&page).map_err(|_| "the page is not UTF-8".to_owned())?;
+    let text = std::str::from_utf8(&answer.body).map_err(|_| "the page is not UTF-8".to_owned())?;
     ServerLoad::parse(text).ok_or_else(|| {
         "the page has no queue metric abgate knows (such as vllm:num_requests_waiting)".to_owned()
     })

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use abgate_config::model::Experiment;
 use abgate_config::{Config, SourceFile};
+use abgate_control::{ControlError, Controller};
 use abgate_experiment::Decision;
 use abgate_proxy::{error_response, AdminApi, ApiFuture, ApiRequest, Control, ProxyBody};
 use bytes::Bytes;
@@ -13,13 +14,12 @@ use http::{Method, Response, StatusCode};
 use serde_json::{json, Value};
 use subtle::ConstantTimeEq as _;
 
-use crate::controller::Controller;
-
-/// The API handler installed on the admin listener.
+/// The API handler installed on the admin listener. Cheap to clone.
+#[derive(Clone)]
 pub struct ExperimentsApi {
     controller: Arc<Controller>,
     control: Arc<Control>,
-    token: String,
+    token: Arc<str>,
 }
 
 impl ExperimentsApi {
@@ -28,10 +28,66 @@ impl ExperimentsApi {
         Self {
             controller,
             control,
-            token,
+            token: token.into(),
         }
     }
 }
+
+/// Why a request was not carried out. Each kind has its status and its `code` here and
+/// nowhere else.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// A change without the admin token.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// No such route, or no such experiment.
+    #[error("{0}")]
+    NotFound(String),
+    /// The experiment exists already.
+    #[error("{0}")]
+    Conflict(String),
+    /// The request cannot be carried out as given.
+    #[error("{0}")]
+    BadRequest(String),
+    /// Carrying it out failed on the gateway's side.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    fn bad(why: impl std::fmt::Display) -> Self {
+        Self::BadRequest(why.to_string())
+    }
+
+    /// The status and the machine-readable code of the error body.
+    fn status(&self) -> (StatusCode, &'static str) {
+        match self {
+            Self::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            Self::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            Self::BadRequest(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
+            Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
+        }
+    }
+
+    fn into_response(self) -> Response<ProxyBody> {
+        let (status, code) = self.status();
+        error_response(status, "-", &self.to_string(), code)
+    }
+}
+
+impl From<ControlError> for ApiError {
+    fn from(e: ControlError) -> Self {
+        match e {
+            e @ ControlError::NotFound(_) => Self::NotFound(e.to_string()),
+            e @ ControlError::Exists(_) => Self::Conflict(e.to_string()),
+            ControlError::Invalid(why) => Self::BadRequest(why),
+            ControlError::Internal(e) => Self::Internal(format!("{e:#}")),
+        }
+    }
+}
+
+type ApiResult<T = Value> = Result<T, ApiError>;
 
 fn json_response(status: StatusCode, body: &Value) -> Response<ProxyBody> {
     let mut r = Response::new(ProxyBody::full(Bytes::from(body.to_string())));
@@ -61,20 +117,20 @@ fn query_param(query: Option<&str>, name: &str) -> Option<String> {
         .map(|(_, v)| v.to_owned())
 }
 
-fn fail(status: StatusCode, message: &str) -> Response<ProxyBody> {
-    let code = match status {
-        StatusCode::UNAUTHORIZED => "unauthorized",
-        StatusCode::NOT_FOUND => "not_found",
-        StatusCode::CONFLICT => "conflict",
-        _ => "invalid_request",
-    };
-    error_response(status, "-", message, code)
+/// A request body as JSON.
+fn json_body(body: &[u8]) -> ApiResult {
+    serde_json::from_slice(body).map_err(|e| ApiError::bad(format!("the body is not JSON: {e}")))
 }
 
 impl AdminApi for ExperimentsApi {
     fn call(&self, request: ApiRequest) -> ApiFuture {
-        let response = self.handle(&request);
-        Box::pin(async move { response })
+        let api = self.clone();
+        Box::pin(async move {
+            match api.handle(&request).await {
+                Ok(response) => response,
+                Err(e) => e.into_response(),
+            }
+        })
     }
 }
 
@@ -103,153 +159,131 @@ impl ExperimentsApi {
         bool::from(given.as_bytes().ct_eq(self.token.as_bytes()))
     }
 
-    fn handle(&self, request: &ApiRequest) -> Response<ProxyBody> {
+    async fn handle(&self, request: &ApiRequest) -> ApiResult<Response<ProxyBody>> {
         let Some(rest) = request
             .path
             .strip_prefix(API_PREFIX)
             .filter(|rest| rest.is_empty() || rest.starts_with('/'))
         else {
-            return fail(
-                StatusCode::NOT_FOUND,
-                &format!(
-                    "no API route {} {}: this gateway serves the API under {API_PREFIX}/",
-                    request.method, request.path
-                ),
-            );
+            return Err(ApiError::NotFound(format!(
+                "no API route {} {}: this gateway serves the API under {API_PREFIX}/",
+                request.method, request.path
+            )));
         };
         let segments: Vec<&str> = rest.trim_end_matches('/').split('/').skip(1).collect();
         if request.method != Method::GET && !self.authorized(request) {
-            return fail(
-                StatusCode::UNAUTHORIZED,
-                "this change needs the admin bearer token (Authorization: Bearer TOKEN)",
-            );
+            return Err(ApiError::Unauthorized(
+                "this change needs the admin bearer token (Authorization: Bearer TOKEN)".into(),
+            ));
         }
-        let result = match (&request.method, segments.as_slice()) {
-            (&Method::GET, ["openapi.json"]) => return json_response(StatusCode::OK, &openapi()),
-            (&Method::GET, ["experiments"]) => Ok(json!(self.controller.summaries())),
-            (&Method::POST, ["experiments"]) => self.create(&request.body),
-            (&Method::GET, ["experiments", id]) => self.controller.summary(id).map(|s| json!(s)),
-            (&Method::DELETE, ["experiments", id]) => self
-                .controller
-                .delete(id)
-                .map(|()| json!({ "deleted": id })),
-            (&Method::POST, ["experiments", id, "split"]) => self.set_split(id, &request.body),
+        let controller = &self.controller;
+        let body = match (&request.method, segments.as_slice()) {
+            (&Method::GET, ["openapi.json"]) => openapi(),
+            (&Method::GET, ["experiments"]) => json!(controller.summaries()),
+            (&Method::POST, ["experiments"]) => self.create(&request.body)?,
+            (&Method::GET, ["experiments", id]) => json!(controller.summary(id)?),
+            (&Method::DELETE, ["experiments", id]) => {
+                controller.delete(id)?;
+                json!({ "deleted": id })
+            }
+            (&Method::POST, ["experiments", id, "split"]) => {
+                self.set_split(id, &request.body).await?
+            }
             (&Method::POST, ["experiments", id, "pause"]) => {
-                self.controller.set_paused(id, true).map(|s| json!(s))
+                json!(controller.set_paused(id, true)?)
             }
             (&Method::POST, ["experiments", id, "resume"]) => {
-                self.controller.set_paused(id, false).map(|s| json!(s))
+                json!(controller.set_paused(id, false)?)
             }
-            (&Method::POST, ["experiments", id, "promote"]) => self.promote(id, &request.body),
-            (&Method::POST, ["experiments", id, "rollback"]) => self
-                .controller
-                .operate(
-                    id,
-                    Decision::Rollback {
-                        reason: "rolled back by an operator".into(),
-                    },
-                )
-                .map(|s| json!(s)),
-            (&Method::POST, ["experiments", id, "feedback"]) => self.feedback(id, &request.body),
+            (&Method::POST, ["experiments", id, "promote"]) => {
+                self.promote(id, &request.body).await?
+            }
+            (&Method::POST, ["experiments", id, "rollback"]) => {
+                let rollback = Decision::Rollback {
+                    reason: "rolled back by an operator".into(),
+                };
+                json!(controller.operate(id, rollback).await?)
+            }
+            (&Method::POST, ["experiments", id, "feedback"]) => self.feedback(id, &request.body)?,
             (&Method::GET, ["experiments", id, "report"]) => {
                 let format = query_param(request.query.as_deref(), "format");
-                match (self.controller.report(id), format.as_deref()) {
-                    (Ok(report), Some("markdown")) => {
-                        return text_response(report.to_markdown(), "text/markdown; charset=utf-8")
-                    }
-                    (Ok(report), Some("html")) => {
-                        return text_response(report.to_html(), "text/html; charset=utf-8")
-                    }
-                    (Ok(report), None | Some("json")) => Ok(json!(report)),
-                    (Ok(_), Some(other)) => Err(anyhow::anyhow!(
-                        "format {other} is not json, markdown or html"
+                let report = controller.report(id).await?;
+                return match format.as_deref() {
+                    Some("markdown") => Ok(text_response(
+                        report.to_markdown(),
+                        "text/markdown; charset=utf-8",
                     )),
-                    (Err(e), _) => Err(e),
-                }
+                    Some("html") => Ok(text_response(report.to_html(), "text/html; charset=utf-8")),
+                    None | Some("json") => Ok(json_response(StatusCode::OK, &json!(report))),
+                    Some(other) => Err(ApiError::bad(format!(
+                        "format {other} is not json, markdown or html"
+                    ))),
+                };
             }
             _ => {
-                return fail(
-                    StatusCode::NOT_FOUND,
-                    &format!("no API route {} {}", request.method, request.path),
-                )
+                return Err(ApiError::NotFound(format!(
+                    "no API route {} {}",
+                    request.method, request.path
+                )))
             }
         };
-        match result {
-            Ok(body) => json_response(StatusCode::OK, &body),
-            Err(e) => {
-                let message = format!("{e:#}");
-                let status = if message.starts_with("no experiment") {
-                    StatusCode::NOT_FOUND
-                } else if message.contains("exists") {
-                    StatusCode::CONFLICT
-                } else {
-                    StatusCode::BAD_REQUEST
-                };
-                fail(status, &message)
-            }
-        }
+        Ok(json_response(StatusCode::OK, &body))
     }
 
-    fn feedback(&self, id: &str, body: &[u8]) -> anyhow::Result<Value> {
-        let body: Value = serde_json::from_slice(body)
-            .map_err(|e| anyhow::anyhow!("the body is not JSON: {e}"))?;
+    fn feedback(&self, id: &str, body: &[u8]) -> ApiResult {
+        let body = json_body(body)?;
         let variant = body.get("variant").and_then(Value::as_str).ok_or_else(|| {
-            anyhow::anyhow!("give the variant: {{\"variant\": NAME, \"score\": 0..1}}")
+            ApiError::bad("give the variant: {\"variant\": NAME, \"score\": 0..1}")
         })?;
         let score = body
             .get("score")
             .and_then(Value::as_f64)
-            .ok_or_else(|| anyhow::anyhow!("give the score, a number from 0 to 1"))?;
+            .ok_or_else(|| ApiError::bad("give the score, a number from 0 to 1"))?;
         let request_id = body.get("request_id").and_then(Value::as_str);
-        self.controller.feedback(id, variant, score, request_id)
+        Ok(self.controller.feedback(id, variant, score, request_id)?)
     }
 
-    fn create(&self, body: &[u8]) -> anyhow::Result<Value> {
-        let document: Value = serde_json::from_slice(body)
-            .map_err(|e| anyhow::anyhow!("the body is not JSON: {e}"))?;
-        let spec = parse_experiment(&document, &self.control.config())?;
+    fn create(&self, body: &[u8]) -> ApiResult {
+        let document = json_body(body)?;
+        let spec = parse_experiment(&document, &self.control.config())
+            .map_err(|e| ApiError::bad(format!("{e:#}")))?;
         Ok(json!(self.controller.create(spec, document)?))
     }
 
-    fn set_split(&self, id: &str, body: &[u8]) -> anyhow::Result<Value> {
+    async fn set_split(&self, id: &str, body: &[u8]) -> ApiResult {
         let summary = self.controller.summary(id)?;
-        let body: Value = serde_json::from_slice(body)
-            .map_err(|e| anyhow::anyhow!("the body is not JSON: {e}"))?;
+        let body = json_body(body)?;
         // `{"weights": {"v1-0": 80, "v1-1": 20}}`, or the seed's bare map.
         let map = body.get("weights").unwrap_or(&body);
         let Value::Object(map) = map else {
-            anyhow::bail!("give weights as {{\"variant\": weight, ...}}")
+            return Err(ApiError::bad("give weights as {\"variant\": weight, ...}"));
         };
         for name in map.keys() {
             if !summary.split.iter().any(|(v, _)| v == name) {
-                anyhow::bail!(
+                return Err(ApiError::bad(format!(
                     "experiment {id} has no variant {name}; its variants are {:?}",
                     summary.split.iter().map(|(v, _)| v).collect::<Vec<_>>()
-                );
+                )));
             }
         }
         let weights = summary
             .split
             .iter()
             .map(|(name, current)| match map.get(name) {
-                Some(w) => w
-                    .as_u64()
-                    .map(|w| w as u32)
-                    .ok_or_else(|| anyhow::anyhow!("weight of {name} is not a whole number")),
+                Some(w) => w.as_u64().map(|w| w as u32).ok_or_else(|| {
+                    ApiError::bad(format!("weight of {name} is not a whole number"))
+                }),
                 None => Ok(*current),
             })
-            .collect::<anyhow::Result<Vec<u32>>>()?;
-        let summary = self.controller.operate(
-            id,
-            Decision::SetWeights {
-                weights,
-                reason: "split set by an operator".into(),
-            },
-        )?;
-        Ok(json!(summary))
+            .collect::<ApiResult<Vec<u32>>>()?;
+        let decision = Decision::SetWeights {
+            weights,
+            reason: "split set by an operator".into(),
+        };
+        Ok(json!(self.controller.operate(id, decision).await?))
     }
 
-    fn promote(&self, id: &str, body: &[u8]) -> anyhow::Result<Value> {
+    async fn promote(&self, id: &str, body: &[u8]) -> ApiResult {
         let summary = self.controller.summary(id)?;
         let asked: Option<String> = serde_json::from_slice::<Value>(body)
             .ok()
@@ -266,17 +300,19 @@ impl ExperimentsApi {
                     .collect();
                 match candidates.as_slice() {
                     [one] => (*one).clone(),
-                    _ => anyhow::bail!("name the variant to promote: {{\"variant\": NAME}}"),
+                    _ => {
+                        return Err(ApiError::bad(
+                            "name the variant to promote: {\"variant\": NAME}",
+                        ))
+                    }
                 }
             }
         };
-        Ok(json!(self.controller.operate(
-            id,
-            Decision::Promote {
-                variant,
-                reason: "promoted by an operator".into()
-            }
-        )?))
+        let decision = Decision::Promote {
+            variant,
+            reason: "promoted by an operator".into(),
+        };
+        Ok(json!(self.controller.operate(id, decision).await?))
     }
 }
 

@@ -21,8 +21,7 @@ use hyper_util::rt::TokioExecutor;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::controller::Controller;
-use crate::http_client::{AllowList, WebhookClient};
+use abgate_control::Controller;
 
 /// Arguments of `abgate demo`.
 #[derive(clap::Args, Debug)]
@@ -213,10 +212,10 @@ async fn demo(args: DemoArgs) -> anyhow::Result<bool> {
     let state_dir = std::env::temp_dir().join(format!("abgate-demo-{}", std::process::id()));
     std::fs::create_dir_all(&state_dir)?;
     let store = Store::open(&state_dir.join("state.db"))?;
-    let controller = Controller::start(
+    let controller = crate::actuator::start_controller(
         running.control(),
         store,
-        WebhookClient::new(None, AllowList::default())?,
+        abgate_outbound::Client::unrestricted(),
     )?;
     tokio::spawn(Arc::clone(&controller).run(stop.clone()));
     println!(
@@ -229,7 +228,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<bool> {
     let _ = stop_tx.send(true);
 
     println!();
-    let report = controller.report(EXPERIMENT_ID)?;
+    let report = controller.report(EXPERIMENT_ID).await?;
     println!("{}", report.to_markdown());
     running.shutdown(Duration::from_secs(2)).await;
     let _ = std::fs::remove_dir_all(&state_dir);

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::{Method, Request};
 use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::{json, Value};
@@ -52,8 +53,12 @@ enum Command {
     },
     /// List experiments.
     List,
-    /// Show one experiment.
-    Get { id: String },
+    /// Show one experiment in detail: phase, strategy, split, each variant's figures in
+    /// the current period, the verdict and the last decisions (`-o json`: its summary).
+    Get {
+        /// The experiment's id.
+        id: String,
+    },
     /// Set the split: `NAME=WEIGHT ...`.
     SetSplit {
         id: String,
@@ -218,7 +223,10 @@ async fn execute(args: ExperimentArgs) -> ExitCode {
     let response = match client.request(request).await {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("abgate experiment: cannot reach {base}: {e}");
+            eprintln!(
+                "abgate experiment: cannot reach the gateway's admin API at {base} ({e}); \
+                 is `abgate serve` running there? Point --admin at its admin listener"
+            );
             return ExitCode::from(2);
         }
     };
@@ -240,6 +248,13 @@ async fn execute(args: ExperimentArgs) -> ExitCode {
             })
             .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned());
         eprintln!("abgate experiment: {status}: {message}");
+        if status == http::StatusCode::UNAUTHORIZED {
+            eprintln!(
+                "abgate experiment: the token is taken from --token, --token-file, \
+                 ABGATE_ADMIN_TOKEN, or {} (written by `abgate serve` beside its state file)",
+                crate::serve::token_path(&crate::serve::default_state_path()).display()
+            );
+        }
         return ExitCode::from(1);
     }
     let text = String::from_utf8_lossy(&bytes);
@@ -248,10 +263,102 @@ async fn execute(args: ExperimentArgs) -> ExitCode {
             println!("{}", text.trim_end())
         }
         (Output::Table, Ok(Value::Array(items))) => print_table(&items),
+        (Output::Table, Ok(item)) if matches!(args.command, Command::Get { .. }) => {
+            let report = fetch_json(&client, &base, &format!("{path}/report")).await;
+            print_detail(&item, report.as_ref());
+        }
         (Output::Table, Ok(item)) if item.get("split").is_some() => print_table(&[item]),
+        (Output::Table, Ok(item)) if item.get("deleted").is_some() => {
+            println!("{:<32} RESULT", "ID");
+            println!("{:<32} deleted", item["deleted"].as_str().unwrap_or("?"));
+        }
         (Output::Table, Ok(other)) => println!("{other}"),
     }
     ExitCode::SUCCESS
+}
+
+/// A GET's JSON answer, if it brings one.
+async fn fetch_json(
+    client: &Client<HttpConnector, Full<Bytes>>,
+    base: &str,
+    path: &str,
+) -> Option<Value> {
+    let request = Request::get(format!("{base}{path}"))
+        .body(Full::new(Bytes::new()))
+        .ok()?;
+    let response = client.request(request).await.ok()?;
+    if !response.status().is_success() {
+        return None;
+    }
+    let bytes = response.into_body().collect().await.ok()?.to_bytes();
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// One experiment for people: `summary` (the API's), with the verdict and the decision
+/// log from its `report` when there is one.
+fn print_detail(summary: &Value, report: Option<&Value>) {
+    let text = |v: &Value| v.as_str().unwrap_or("—").to_owned();
+    println!("experiment  {}", text(&summary["id"]));
+    println!("host        {}", text(&summary["host"]));
+    println!("strategy    {}", text(&summary["strategy"]));
+    println!("phase       {}", text(&summary["phase"]));
+    println!("baseline    {}", text(&summary["baseline"]));
+    if let Some(winner) = summary["winner"].as_str() {
+        println!("winner      {winner}");
+    }
+    let split = summary["split"]
+        .as_array()
+        .map(|s| {
+            s.iter()
+                .map(|p| format!("{} {}%", p[0].as_str().unwrap_or("?"), p[1]))
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .unwrap_or_default();
+    println!("split       {split} (after {} steps)", summary["steps"]);
+    if let Some(verdict) = report.and_then(|r| r["verdict"].as_str()) {
+        println!("verdict     {verdict}");
+    }
+    let number = |v: &Value, digits: usize| {
+        v.as_f64()
+            .map_or_else(|| "—".to_owned(), |x| format!("{x:.digits$}"))
+    };
+    if let Some(variants) = summary["observations"]["variants"].as_array() {
+        println!();
+        println!(
+            "{:<20} {:>9} {:>8} {:>11} {:>11} {:>9}",
+            "VARIANT", "REQUESTS", "ERRORS", "P95 MS", "TTFT P95", "TOK/S"
+        );
+        for v in variants {
+            println!(
+                "{:<20} {:>9} {:>8} {:>11} {:>11} {:>9}",
+                text(&v["variant"]),
+                v["requests"],
+                v["errors"],
+                number(&v["latency_p95_ms"], 1),
+                number(&v["ttft_p95_ms"], 1),
+                number(&v["tokens_per_second"], 1),
+            );
+        }
+    }
+    println!();
+    println!("last decision: {}", text(&summary["last_reason"]));
+    let decisions = report
+        .and_then(|r| r["decisions"].as_array())
+        .cloned()
+        .unwrap_or_default();
+    if !decisions.is_empty() {
+        println!();
+        println!("DECISIONS (latest last)");
+        for d in decisions.iter().rev().take(5).rev() {
+            println!(
+                "  period {:<3} {:<12} {}",
+                d["period"],
+                text(&d["kind"]),
+                text(&d["reason"])
+            );
+        }
+    }
 }
 
 fn print_table(items: &[Value]) {

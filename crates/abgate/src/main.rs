@@ -1,13 +1,11 @@
 //! `abgate`: the command line that wires abgate's crates together.
 #![forbid(unsafe_code)]
 
+mod actuator;
 mod analyze;
 mod api;
-mod controller;
 mod demo;
 mod experiment_cli;
-mod http_client;
-mod prometheus_source;
 mod reload;
 mod serve;
 mod state;

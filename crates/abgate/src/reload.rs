@@ -12,7 +12,7 @@ use notify::Watcher as _;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::controller::Controller;
+use abgate_control::Controller;
 
 /// How long the files must see no change before a reload reads them, unless
 /// `--reload-settle` says otherwise. Editors and `scp` write in bursts well under this.

@@ -13,9 +13,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::api::ExperimentsApi;
-use crate::controller::Controller;
-use crate::http_client::{AllowList, WebhookClient};
 use crate::reload::{Reloader, Settle};
+use abgate_control::Controller;
+use abgate_outbound::{AllowList, Client as WebhookClient};
 use tokio::sync::mpsc;
 
 /// Arguments of `abgate serve`.
@@ -76,7 +76,7 @@ pub struct ServeArgs {
         long,
         value_name = "CIDR,...",
         value_delimiter = ',',
-        value_parser = crate::http_client::parse_network
+        value_parser = abgate_outbound::parse_network
     )]
     gate_allow: Vec<ipnet::IpNet>,
     /// A PEM file of CA certificates trusted for `https://` webhooks, besides the
@@ -308,7 +308,8 @@ fn start_experiments(
     let store = crate::state::open_for_serve(state_path, reset)?;
     tokio::spawn(crate::state::checkpoint_periodically(store.clone()));
     let control = running.control();
-    let controller = Controller::start(Arc::clone(&control), store.clone(), webhooks)?;
+    let controller =
+        crate::actuator::start_controller(Arc::clone(&control), store.clone(), webhooks)?;
     let config = control.config();
     controller.restore_api_experiments(|doc| crate::api::parse_experiment(doc, &config))?;
     running.install_api(Box::new(ExperimentsApi::new(

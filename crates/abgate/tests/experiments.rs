@@ -397,6 +397,12 @@ fn delete_leaves_the_host_as_it_was() {
 
     let out = gw.cli(&["delete", SEED_ID]);
     assert_eq!(out.code, Some(0), "{out:#?}");
+    assert!(
+        out.stdout.starts_with("ID ")
+            && out.stdout.contains(SEED_ID)
+            && out.stdout.contains("deleted"),
+        "{out:#?}"
+    );
 
     // The experiment's requests go by the VirtualService's own rule again.
     let after = variant_counts(gw.http, Some(SEED_ID), 100);
@@ -614,6 +620,15 @@ fn cli_outputs_json_for_scripts() {
         out.stdout.contains(SEED_ID) && out.stdout.contains("v1-1 75%"),
         "{out:#?}"
     );
+    let out = gw.cli(&["get", "other-comparison"]);
+    assert_eq!(out.code, Some(0), "{out:#?}");
+    assert!(
+        out.stdout.starts_with("experiment  other-comparison")
+            && out.stdout.contains("v1-1 75%")
+            && out.stdout.contains("DECISIONS")
+            && out.stdout.contains("set_weights"),
+        "{out:#?}"
+    );
     let out = gw.cli(&["report", "other-comparison"]);
     assert!(
         out.stdout.contains("# Experiment `other-comparison`")
@@ -638,6 +653,10 @@ fn cli_outputs_json_for_scripts() {
     ]);
     let out = common::run(command, Duration::from_secs(30));
     assert_eq!(out.code, Some(2), "{out:#?}");
+    assert!(
+        out.stderr.contains(&format!("127.0.0.1:{closed}")) && out.stderr.contains("--admin"),
+        "{out:#?}"
+    );
 }
 
 /// Clients sending chat completions with an experiment's header until stopped.

@@ -1,8 +1,13 @@
-//! The gateway's outbound HTTP client for webhooks (experiment gates and event hooks):
-//! plain HTTP or HTTPS over rustls, one total deadline over resolving, connecting, the
-//! answer's head and its body, a cap on the body, and an optional allow-list of networks
-//! checked on the very address connected to (resolve, check, connect to that address), so
-//! a name that resolves differently the second time cannot get around it.
+//! abgate's one outbound HTTP client, for the calls that are not proxied requests:
+//! experiment gates and event webhooks, the Prometheus metric source, the endpoints' load
+//! pages. Plain HTTP or HTTPS over rustls, one total deadline over resolving, connecting,
+//! the answer's head and its body, a cap on the body, and an optional allow-list of
+//! networks checked on the very address connected to (resolve, check, connect to that
+//! address), so a name that resolves differently the second time cannot get around it.
+//!
+//! Each call is one HTTP/1.1 exchange on a connection of its own, closed with it: the
+//! callers call every few seconds at most, and nothing lingers past a deadline.
+#![forbid(unsafe_code)]
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
@@ -21,11 +26,11 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 /// Largest answer body read from a webhook: a verdict fits in far less.
-pub const MAX_BODY: usize = 64 << 10;
+pub const MAX_WEBHOOK_BODY: usize = 64 << 10;
 
-/// Why a webhook call did not bring an answer.
+/// Why a call did not bring an answer.
 #[derive(Debug, thiserror::Error)]
-pub enum WebhookError {
+pub enum OutboundError {
     /// The URL is not an `http://` or `https://` URL with a host.
     #[error("`{0}` is not an http(s) URL with a host")]
     BadUrl(String),
@@ -40,15 +45,15 @@ pub enum WebhookError {
     /// The whole exchange took longer than the deadline.
     #[error("no complete answer within {}", humantime::format_duration(*.0))]
     Timeout(Duration),
-    /// The answer's body is larger than [`MAX_BODY`].
-    #[error("the answer's body is larger than {} KiB; not read further", MAX_BODY >> 10)]
-    TooLarge,
+    /// The answer's body is larger than the call allows (bytes).
+    #[error("the answer's body is larger than {} KiB; not read further", .0 >> 10)]
+    TooLarge(usize),
     /// Resolving, connecting, TLS or HTTP failed.
     #[error("{0}")]
     Failed(String),
 }
 
-/// Where webhooks may be sent: anywhere, or only to addresses in these networks.
+/// Where calls may be sent: anywhere, or only to addresses in these networks.
 #[derive(Debug, Clone, Default)]
 pub struct AllowList(Option<Arc<[IpNet]>>);
 
@@ -81,14 +86,23 @@ pub fn parse_network(text: &str) -> Result<IpNet, String> {
         .map_err(|_| format!("`{text}` is not a CIDR (e.g. 10.0.0.0/8) or an IP address"))
 }
 
-/// The client that gates and event hooks are called with. Cheap to clone.
+/// An answer: its status and its whole body.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    /// The status.
+    pub status: StatusCode,
+    /// The body, read whole (within the call's cap).
+    pub body: Bytes,
+}
+
+/// The client. Cheap to clone.
 #[derive(Clone)]
-pub struct WebhookClient {
+pub struct Client {
     tls: TlsConnector,
     allow: AllowList,
 }
 
-impl WebhookClient {
+impl Client {
     /// A client trusting the Mozilla roots (webpki-roots) and, when given, the
     /// certificates of the PEM file `extra_ca`; sending only where `allow` lets it.
     pub fn new(extra_ca: Option<&Path>, allow: AllowList) -> anyhow::Result<Self> {
@@ -121,31 +135,72 @@ impl WebhookClient {
         })
     }
 
-    /// POSTs `body` as JSON to `url` and returns the answer's status once its whole body
-    /// (at most [`MAX_BODY`]) has arrived, all within `deadline`.
+    /// A client trusting the Mozilla roots, calling anywhere.
+    pub fn unrestricted() -> Self {
+        Self::new(None, AllowList::default())
+            .expect("without a CA file, only the TLS defaults could fail, and ring has them")
+    }
+
+    /// POSTs `body` as JSON to `url` (a webhook) and returns the answer's status once its
+    /// whole body (at most [`MAX_WEBHOOK_BODY`]) has arrived, all within `deadline`.
     pub async fn post_json(
         &self,
         url: &str,
         body: &serde_json::Value,
         deadline: Duration,
-    ) -> Result<StatusCode, WebhookError> {
-        // Dropping the exchange at the deadline closes its connection: nothing lingers.
-        tokio::time::timeout(deadline, self.exchange(url, body.to_string()))
-            .await
-            .unwrap_or(Err(WebhookError::Timeout(deadline)))
+    ) -> Result<StatusCode, OutboundError> {
+        let call = Call {
+            method: http::Method::POST,
+            body: Bytes::from(body.to_string()),
+            content_type: Some("application/json"),
+            accept: None,
+            max_body: MAX_WEBHOOK_BODY,
+        };
+        self.call(url, call, deadline).await.map(|a| a.status)
     }
 
-    async fn exchange(&self, url: &str, body: String) -> Result<StatusCode, WebhookError> {
+    /// GETs `url`, accepting `accept`, and returns the answer once its whole body (at
+    /// most `max_body` bytes) has arrived, all within `deadline`.
+    pub async fn get(
+        &self,
+        url: &str,
+        accept: &'static str,
+        max_body: usize,
+        deadline: Duration,
+    ) -> Result<Answer, OutboundError> {
+        let call = Call {
+            method: http::Method::GET,
+            body: Bytes::new(),
+            content_type: None,
+            accept: Some(accept),
+            max_body,
+        };
+        self.call(url, call, deadline).await
+    }
+
+    async fn call(
+        &self,
+        url: &str,
+        call: Call,
+        deadline: Duration,
+    ) -> Result<Answer, OutboundError> {
+        // Dropping the exchange at the deadline closes its connection: nothing lingers.
+        tokio::time::timeout(deadline, self.exchange(url, call))
+            .await
+            .unwrap_or(Err(OutboundError::Timeout(deadline)))
+    }
+
+    async fn exchange(&self, url: &str, call: Call) -> Result<Answer, OutboundError> {
         let uri: Uri = url
             .parse()
-            .map_err(|_| WebhookError::BadUrl(url.to_owned()))?;
+            .map_err(|_| OutboundError::BadUrl(url.to_owned()))?;
         let tls = match uri.scheme_str() {
             Some("http") => false,
             Some("https") => true,
-            _ => return Err(WebhookError::BadUrl(url.to_owned())),
+            _ => return Err(OutboundError::BadUrl(url.to_owned())),
         };
         let (Some(authority), Some(host)) = (uri.authority().cloned(), uri.host()) else {
-            return Err(WebhookError::BadUrl(url.to_owned()));
+            return Err(OutboundError::BadUrl(url.to_owned()));
         };
         // `[::1]` in a URL is `::1` to the resolver and to TLS.
         let host = host
@@ -154,36 +209,44 @@ impl WebhookClient {
             .to_owned();
         let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
         let stream = self.connect(&host, port).await?;
-        let request = http::Request::post(uri.path_and_query().map_or("/", |p| p.as_str()))
+        let mut request = http::Request::builder()
+            .method(call.method)
+            .uri(uri.path_and_query().map_or("/", |p| p.as_str()))
             // `user:password@` is no part of the Host header.
             .header(http::header::HOST, host_header(authority.as_str()))
-            .header(http::header::CONTENT_TYPE, "application/json")
             .header(
                 http::header::USER_AGENT,
                 concat!("abgate/", env!("CARGO_PKG_VERSION")),
-            )
-            .body(Full::new(Bytes::from(body)))
-            .map_err(|e| WebhookError::Failed(e.to_string()))?;
+            );
+        if let Some(content_type) = call.content_type {
+            request = request.header(http::header::CONTENT_TYPE, content_type);
+        }
+        if let Some(accept) = call.accept {
+            request = request.header(http::header::ACCEPT, accept);
+        }
+        let request = request
+            .body(Full::new(call.body))
+            .map_err(|e| OutboundError::Failed(e.to_string()))?;
         if tls {
             let name = ServerName::try_from(host.clone())
-                .map_err(|_| WebhookError::BadUrl(url.to_owned()))?;
+                .map_err(|_| OutboundError::BadUrl(url.to_owned()))?;
             let stream = self
                 .tls
                 .connect(name, stream)
                 .await
-                .map_err(|e| WebhookError::Failed(format!("TLS with {host}: {e}")))?;
-            send(stream, request).await
+                .map_err(|e| OutboundError::Failed(format!("TLS with {host}: {e}")))?;
+            send(stream, request, call.max_body).await
         } else {
-            send(stream, request).await
+            send(stream, request, call.max_body).await
         }
     }
 
     /// Resolves `host`, keeps the addresses the allow-list lets through, and connects to
     /// the first that accepts.
-    async fn connect(&self, host: &str, port: u16) -> Result<TcpStream, WebhookError> {
+    async fn connect(&self, host: &str, port: u16) -> Result<TcpStream, OutboundError> {
         let resolved: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
             .await
-            .map_err(|e| WebhookError::Failed(format!("cannot resolve {host}: {e}")))?
+            .map_err(|e| OutboundError::Failed(format!("cannot resolve {host}: {e}")))?
             .collect();
         let allowed: Vec<SocketAddr> = resolved
             .iter()
@@ -196,7 +259,7 @@ impl WebhookClient {
                 .map(|a| a.ip().to_string())
                 .collect::<Vec<_>>()
                 .join(", ");
-            return Err(WebhookError::NotAllowed {
+            return Err(OutboundError::NotAllowed {
                 host: host.to_owned(),
                 addresses,
             });
@@ -211,7 +274,7 @@ impl WebhookClient {
                 Err(e) => last = Some(format!("cannot connect to {address}: {e}")),
             }
         }
-        Err(WebhookError::Failed(last.unwrap_or_default()))
+        Err(OutboundError::Failed(last.unwrap_or_default()))
     }
 }
 
@@ -222,14 +285,27 @@ fn host_header(authority: &str) -> &str {
         .map_or(authority, |(_, host)| host)
 }
 
-/// One HTTP/1.1 exchange on `stream`: the answer's status, once its body (at most
-/// [`MAX_BODY`]) has been read. The connection is driven here, not in a task of its own,
-/// so that it ends with the exchange.
-async fn send<S>(stream: S, request: http::Request<Full<Bytes>>) -> Result<StatusCode, WebhookError>
+/// What one call sends, and how much of the answer it reads.
+struct Call {
+    method: http::Method,
+    body: Bytes,
+    content_type: Option<&'static str>,
+    accept: Option<&'static str>,
+    max_body: usize,
+}
+
+/// One HTTP/1.1 exchange on `stream`: the answer, once its body (at most `max_body`
+/// bytes) has been read. The connection is driven here, not in a task of its own, so
+/// that it ends with the exchange.
+async fn send<S>(
+    stream: S,
+    request: http::Request<Full<Bytes>>,
+    max_body: usize,
+) -> Result<Answer, OutboundError>
 where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
-    let failed = |e: hyper::Error| WebhookError::Failed(e.to_string());
+    let failed = |e: hyper::Error| OutboundError::Failed(e.to_string());
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(failed)?;
@@ -241,17 +317,18 @@ where
             .get(http::header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > MAX_BODY as u64) {
-            return Err(WebhookError::TooLarge);
+        if declared.is_some_and(|n| n > max_body as u64) {
+            return Err(OutboundError::TooLarge(max_body));
         }
-        Limited::new(response.into_body(), MAX_BODY)
+        let body = Limited::new(response.into_body(), max_body)
             .collect()
             .await
             .map_err(|e| match e.downcast::<http_body_util::LengthLimitError>() {
-                Ok(_) => WebhookError::TooLarge,
-                Err(e) => WebhookError::Failed(e.to_string()),
-            })?;
-        Ok(status)
+                Ok(_) => OutboundError::TooLarge(max_body),
+                Err(e) => OutboundError::Failed(e.to_string()),
+            })?
+            .to_bytes();
+        Ok(Answer { status, body })
     };
     tokio::pin!(exchange, connection);
     tokio::select! {
@@ -290,11 +367,14 @@ mod tests {
     #[tokio::test]
     async fn a_declared_body_over_the_limit_fails_without_being_read() {
         let url = raw_server(b"HTTP/1.1 200 OK\r\ncontent-length: 65537\r\n\r\n".to_vec()).await;
-        let client = WebhookClient::new(None, AllowList::default()).unwrap();
+        let client = Client::new(None, AllowList::default()).unwrap();
         let answer = client
             .post_json(&url, &serde_json::json!({}), Duration::from_secs(60))
             .await;
-        assert!(matches!(answer, Err(WebhookError::TooLarge)), "{answer:?}");
+        assert!(
+            matches!(answer, Err(OutboundError::TooLarge(_))),
+            "{answer:?}"
+        );
     }
 
     /// An answer with a chunked body of `size` bytes.
@@ -311,15 +391,18 @@ mod tests {
 
     #[tokio::test]
     async fn a_streamed_body_may_reach_the_limit_but_not_pass_it() {
-        let client = WebhookClient::new(None, AllowList::default()).unwrap();
+        let client = Client::new(None, AllowList::default()).unwrap();
         let body = serde_json::json!({});
         let deadline = Duration::from_secs(60);
-        let at_limit = raw_server(chunked(MAX_BODY)).await;
+        let at_limit = raw_server(chunked(MAX_WEBHOOK_BODY)).await;
         let answer = client.post_json(&at_limit, &body, deadline).await;
         assert_eq!(answer.unwrap(), StatusCode::ACCEPTED);
-        let past_limit = raw_server(chunked(MAX_BODY + 1)).await;
+        let past_limit = raw_server(chunked(MAX_WEBHOOK_BODY + 1)).await;
         let answer = client.post_json(&past_limit, &body, deadline).await;
-        assert!(matches!(answer, Err(WebhookError::TooLarge)), "{answer:?}");
+        assert!(
+            matches!(answer, Err(OutboundError::TooLarge(_))),
+            "{answer:?}"
+        );
     }
 
     #[tokio::test]
@@ -355,19 +438,49 @@ mod tests {
         let body = serde_json::json!({});
         let deadline = Duration::from_secs(60);
 
-        let untrusting = WebhookClient::new(None, AllowList::default()).unwrap();
+        let untrusting = Client::new(None, AllowList::default()).unwrap();
         let refused = untrusting.post_json(&url, &body, deadline).await;
         assert!(
-            matches!(&refused, Err(WebhookError::Failed(why)) if why.starts_with("TLS with 127.0.0.1")),
+            matches!(&refused, Err(OutboundError::Failed(why)) if why.starts_with("TLS with 127.0.0.1")),
             "{refused:?}"
         );
 
         let dir = tempfile::tempdir().unwrap();
         let ca = dir.path().join("ca.pem");
         std::fs::write(&ca, certified.cert.pem()).unwrap();
-        let trusting = WebhookClient::new(Some(&ca), AllowList::default()).unwrap();
+        let trusting = Client::new(Some(&ca), AllowList::default()).unwrap();
         let answer = trusting.post_json(&url, &body, deadline).await;
         assert_eq!(answer.unwrap(), StatusCode::NO_CONTENT);
+    }
+
+    #[tokio::test]
+    async fn a_get_returns_the_whole_body_within_its_own_cap() {
+        let page = b"HTTP/1.1 200 OK\r\ncontent-length: 11\r\n\r\nqueue 3\nok\n".to_vec();
+        let client = Client::unrestricted();
+        let deadline = Duration::from_secs(60);
+        let url = raw_server(page.clone()).await;
+        let answer = client.get(&url, "text/plain", 11, deadline).await.unwrap();
+        assert_eq!(answer.status, StatusCode::OK);
+        assert_eq!(&answer.body[..], b"queue 3\nok\n");
+        let url = raw_server(page).await;
+        let answer = client.get(&url, "text/plain", 10, deadline).await;
+        assert!(
+            matches!(answer, Err(OutboundError::TooLarge(10))),
+            "{answer:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_server_is_a_timeout_at_the_deadline() {
+        let url = raw_server(Vec::new()).await;
+        let client = Client::unrestricted();
+        let answer = client
+            .get(&url, "text/plain", 10, Duration::from_secs(3))
+            .await;
+        assert!(
+            matches!(answer, Err(OutboundError::Timeout(d)) if d == Duration::from_secs(3)),
+            "{answer:?}"
+        );
     }
 
     #[test]
@@ -375,7 +488,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let empty = dir.path().join("empty.pem");
         std::fs::write(&empty, "not a certificate\n").unwrap();
-        let error = WebhookClient::new(Some(&empty), AllowList::default())
+        let error = Client::new(Some(&empty), AllowList::default())
             .err()
             .unwrap()
             .to_string();

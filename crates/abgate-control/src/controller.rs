@@ -1,32 +1,29 @@
 //! The experiment controller (the seed's monitor loop): every interval, read each running
-//! experiment's variants from the per-variant store, `step`, record the decision, then
-//! apply it to the gateway. A decision is in the state store before it takes effect, so a
-//! restart resumes every experiment where it was.
+//! experiment's variants from its [`MetricSource`], `step`, record the decision, then put
+//! it in force through the [`Actuator`]. A decision is in the state store before it takes
+//! effect, so a restart resumes every experiment where it was.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use abgate_config::model::{BanditReward, Experiment, GateKind, MetricSource, Strategy};
+use abgate_config::model::{BanditReward, Experiment, GateKind, Strategy};
 use abgate_experiment::{
-    advance, all_to, step, Decision, DecisionRecord, ExperimentState, Observations, Phase, Report,
-    RewardTotals,
+    advance, after_confirm_promotion, after_failure, after_pre_rollout, after_rollback_gates,
+    all_to, judge_gates, past_progress_deadline, step, Decision, DecisionRecord, ExperimentState,
+    Gated, Observations, Phase, Report, RewardTotals,
 };
-use abgate_proxy::Control;
+use abgate_outbound::Client;
 use abgate_state::{DecisionRow, Store};
 use anyhow::Context as _;
 use serde_json::{json, Value};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::http_client::WebhookClient;
+use crate::gates::{self, has_gate, tell_event_gates};
+use crate::{Actuator, Clock, ControlError, MetricSource};
 
-/// Unix milliseconds now.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
+type Result<T, E = ControlError> = std::result::Result<T, E>;
 
 /// One experiment under control.
 struct Tracked {
@@ -45,13 +42,27 @@ struct Tracked {
 
 /// Drives every experiment the gateway runs.
 pub struct Controller {
-    control: Arc<Control>,
+    actuator: Arc<dyn Actuator>,
+    metrics: Arc<dyn MetricSource>,
     store: Store,
     /// What gates and event hooks are called with.
-    webhooks: WebhookClient,
+    webhooks: Client,
     tracked: Mutex<BTreeMap<String, Tracked>>,
-    /// Maps unix ms onto the monotonic clock the sample store uses.
-    anchor: (Instant, u64),
+    clock: Clock,
+}
+
+/// What a controller works with.
+pub struct Parts {
+    /// Puts splits in force.
+    pub actuator: Arc<dyn Actuator>,
+    /// Reads each experiment's observations.
+    pub metrics: Arc<dyn MetricSource>,
+    /// Where experiments' state and decisions are kept.
+    pub store: Store,
+    /// What gates and event hooks are called with.
+    pub webhooks: Client,
+    /// The time.
+    pub clock: Clock,
 }
 
 /// A summary of one experiment, as the API and the CLI show it.
@@ -82,20 +93,17 @@ pub struct Summary {
 impl Controller {
     /// Takes control of the gateway's experiments: each resumes from the state store, or
     /// starts now; decisions recorded but not applied before a crash are applied again.
-    pub fn start(
-        control: Arc<Control>,
-        store: Store,
-        webhooks: WebhookClient,
-    ) -> anyhow::Result<Arc<Self>> {
-        let now = now_ms();
+    pub fn start(parts: Parts) -> anyhow::Result<Arc<Self>> {
+        let now = parts.clock.now_ms();
         let controller = Arc::new(Self {
-            control,
-            store,
-            webhooks,
+            actuator: parts.actuator,
+            metrics: parts.metrics,
+            store: parts.store,
+            webhooks: parts.webhooks,
             tracked: Mutex::new(BTreeMap::new()),
-            anchor: (Instant::now(), now),
+            clock: parts.clock,
         });
-        for spec in controller.control.experiments() {
+        for spec in controller.actuator.experiments() {
             controller.track(spec, None, now)?;
         }
         // Weights are re-applied from each state above; what is left is the bookkeeping.
@@ -137,7 +145,7 @@ impl Controller {
                 (state, revision)
             }
         };
-        if let Err(e) = self.control.set_weights(&spec.id, &state.weights) {
+        if let Err(e) = self.actuator.set_split(&spec, &state.weights) {
             tracing::warn!(experiment = %spec.id, "cannot apply the stored split: {e}");
         }
         let pre_rollout_pending = has_gate(&spec, GateKind::PreRollout)
@@ -162,8 +170,8 @@ impl Controller {
 
     /// Starts tracking experiments that appeared in the files since (after a reload).
     pub fn sync(&self) -> anyhow::Result<()> {
-        let now = now_ms();
-        for spec in self.control.experiments() {
+        let now = self.clock.now_ms();
+        for spec in self.actuator.experiments() {
             if !self.lock().contains_key(&spec.id) {
                 self.track(spec, None, now)?;
             }
@@ -176,13 +184,13 @@ impl Controller {
         &self,
         parse: impl Fn(&Value) -> anyhow::Result<Experiment>,
     ) -> anyhow::Result<()> {
-        let now = now_ms();
+        let now = self.clock.now_ms();
         for stored in self.store.experiments()? {
             if self.lock().contains_key(&stored.id) || stored.spec.get("resource").is_none() {
                 continue;
             }
             let spec = parse(&stored.spec["resource"])?;
-            self.control.upsert_experiment(spec.clone())?;
+            self.actuator.add(spec.clone())?;
             self.track(spec, Some(stored.spec.clone()), now)?;
         }
         Ok(())
@@ -195,7 +203,7 @@ impl Controller {
         let mut working: HashMap<String, JoinHandle<()>> = HashMap::new();
         loop {
             working.retain(|_, task| !task.is_finished());
-            let now = now_ms();
+            let now = self.clock.now_ms();
             for id in self.due(now) {
                 if working.contains_key(&id) {
                     continue;
@@ -226,19 +234,12 @@ impl Controller {
     fn due(&self, now: u64) -> Vec<String> {
         self.lock()
             .values()
-            .filter(|t| Self::overdue(t, now).is_some() || Self::analysis_due(t, now))
+            .filter(|t| {
+                past_progress_deadline(&t.spec, &t.state, now).is_some()
+                    || Self::analysis_due(t, now)
+            })
             .map(|t| t.spec.id.clone())
             .collect()
-    }
-
-    /// The progress deadline `t` has passed, if it has.
-    fn overdue(t: &Tracked, now: u64) -> Option<Duration> {
-        if !matches!(t.state.phase, Phase::Running | Phase::Paused) {
-            return None;
-        }
-        let deadline = t.spec.progress_deadline?;
-        let since = t.state.updated_at.max(t.state.started_at);
-        (now.saturating_sub(since) > deadline.as_millis() as u64).then_some(deadline)
     }
 
     fn analysis_due(t: &Tracked, now: u64) -> bool {
@@ -248,20 +249,19 @@ impl Controller {
 
     /// One experiment's work at `now`: a rollback past its progress deadline, else its
     /// analysis when its interval has passed.
-    async fn tick(&self, id: &str, now: u64) -> anyhow::Result<()> {
+    async fn tick(&self, id: &str, now: u64) -> Result<()> {
         let (overdue, due) = {
             let tracked = self.lock();
             let Some(t) = tracked.get(id) else {
                 return Ok(());
             };
-            (Self::overdue(t, now), Self::analysis_due(t, now))
+            (
+                past_progress_deadline(&t.spec, &t.state, now),
+                Self::analysis_due(t, now),
+            )
         };
-        if let Some(deadline) = overdue {
-            let reason = format!(
-                "no decision moved the experiment on within its progress deadline of {}; rolling back",
-                humantime::format_duration(deadline)
-            );
-            return self.force_rollback(id, reason, now);
+        if let Some(rollback) = overdue {
+            return self.force(id, rollback, now);
         }
         if due {
             self.analyze(id, now).await?;
@@ -269,51 +269,35 @@ impl Controller {
         Ok(())
     }
 
-    /// Rolls back whatever the policy would say (a deadline, a gate, a failure limit).
-    fn force_rollback(&self, id: &str, reason: String, now: u64) -> anyhow::Result<()> {
+    /// Takes `decision` (a rollback for a deadline, a gate, a failure limit) without an
+    /// analysis.
+    fn force(&self, id: &str, decision: Decision, now: u64) -> Result<()> {
         let (spec, mut state, revision) = self.snapshot(id)?;
         if state.phase == Phase::Paused {
             // Apply ignores nothing in Paused, but say it plainly in the state too.
             state.resume(now);
         }
         let observations = Observations::empty(&spec, state.period_started_at, now);
-        self.decide(
-            &spec,
-            state,
-            revision,
-            Decision::Rollback { reason },
-            observations,
-            now,
-        )
+        self.decide(&spec, state, revision, decision, observations, now)
     }
 
-    fn instant_of(&self, ms: u64) -> Instant {
-        let (instant, anchor) = self.anchor;
-        if ms >= anchor {
-            instant + Duration::from_millis(ms - anchor)
-        } else {
-            instant
-                .checked_sub(Duration::from_millis(anchor - ms))
-                .unwrap_or(instant)
+    /// Takes what a gate's verdict calls for: a decision, or a failed analysis.
+    fn gated(&self, spec: &Experiment, gated: Gated, now: u64) -> Result<()> {
+        match gated {
+            Gated::Decide(decision) => self.force(&spec.id, decision, now),
+            Gated::Failed(why) => self.fail(spec, now, why),
         }
     }
 
-    /// The current period's observations: complete windows after the split took effect.
-    fn observe(&self, spec: &Experiment, state: &ExperimentState, now: u64) -> Observations {
-        let store = self.control.telemetry().store();
-        let from_ms = state.period_started_at.max(self.anchor.1);
-        // The window the split changed in mixes both splits: start after it.
-        let from = store.window_of(self.instant_of(from_ms)) + 1;
-        let to = store.window_of(self.instant_of(now));
-        let stats = spec
-            .variants
-            .iter()
-            .map(|v| match store.get(&spec.id, &v.name) {
-                Some(cell) if to > from => cell.snapshot(from, to),
-                _ => Default::default(),
-            })
-            .collect();
-        self.with_feedback(spec, Observations::from_stats(spec, stats, from_ms, now))
+    /// The current period's observations, with the feedback posted in it.
+    async fn observe(
+        &self,
+        spec: &Experiment,
+        state: &ExperimentState,
+        now: u64,
+    ) -> anyhow::Result<Observations> {
+        let observations = self.metrics.observe(spec, state, now).await?;
+        Ok(self.with_feedback(spec, observations))
     }
 
     /// `obs` with the feedback scores posted in its range, for a bandit rewarded by
@@ -350,18 +334,20 @@ impl Controller {
         variant: &str,
         score: f64,
         request_id: Option<&str>,
-    ) -> anyhow::Result<Value> {
+    ) -> Result<Value> {
         let (spec, state, _) = self.snapshot(id)?;
         if !spec.variants.iter().any(|v| v.name == variant) {
-            anyhow::bail!(
+            return Err(ControlError::Invalid(format!(
                 "experiment {id} has no variant {variant}; its variants are {:?}",
                 spec.variants.iter().map(|v| &v.name).collect::<Vec<_>>()
-            );
+            )));
         }
         if !(0.0..=1.0).contains(&score) {
-            anyhow::bail!("a feedback score is between 0 and 1, got {score}");
+            return Err(ControlError::Invalid(format!(
+                "a feedback score is between 0 and 1, got {score}"
+            )));
         }
-        let now = now_ms();
+        let now = self.clock.now_ms();
         self.store
             .record_feedback(id, now, variant, score, request_id)?;
         let read =
@@ -376,7 +362,7 @@ impl Controller {
         }))
     }
 
-    async fn analyze(&self, id: &str, now: u64) -> anyhow::Result<()> {
+    async fn analyze(&self, id: &str, now: u64) -> Result<()> {
         let (spec, state, revision, pre_rollout_pending) = {
             let tracked = self.lock();
             let Some(t) = tracked.get(id) else {
@@ -392,69 +378,35 @@ impl Controller {
         self.note_analysis(id, now, None, None);
 
         if pre_rollout_pending {
-            return match ask_gates(&self.webhooks, &spec, GateKind::PreRollout, &state, None).await
-            {
-                Ok(()) => {
-                    if let Some(t) = self.lock().get_mut(id) {
-                        t.pre_rollout_pending = false;
-                    }
-                    let weights = spec.variants.iter().map(|v| v.weight).collect();
-                    let reason =
-                        "pre-rollout gates passed; the candidate gets its first traffic".to_owned();
-                    let observations = Observations::empty(&spec, state.period_started_at, now);
-                    self.decide(
-                        &spec,
-                        state,
-                        revision,
-                        Decision::SetWeights { weights, reason },
-                        observations,
-                        now,
-                    )
+            let replies =
+                gates::ask(&self.webhooks, &spec, GateKind::PreRollout, &state, None).await;
+            let gated = after_pre_rollout(&spec, &judge_gates(GateKind::PreRollout, &replies));
+            if let Gated::Decide(_) = gated {
+                if let Some(t) = self.lock().get_mut(id) {
+                    t.pre_rollout_pending = false;
                 }
-                Err(refusal) => self.fail(&spec, now, format!("pre-rollout {refusal}")),
-            };
+            }
+            return self.gated(&spec, gated, now);
         }
 
-        if let Err(refusal) =
-            ask_gates(&self.webhooks, &spec, GateKind::Rollback, &state, None).await
+        let replies = gates::ask(&self.webhooks, &spec, GateKind::Rollback, &state, None).await;
+        if let Some(gated) = after_rollback_gates(&spec, &judge_gates(GateKind::Rollback, &replies))
         {
-            // A rollback gate that answers yes (2xx) asks for a rollback; one that gives
-            // no answer leaves the analysis incomplete.
-            if refusal.asked {
-                return self.force_rollback(id, format!("rollback {refusal}"), now);
-            }
-            return self.fail(&spec, now, format!("rollback {refusal}"));
+            return self.gated(&spec, gated, now);
         }
 
-        let observations = match &spec.metric_source {
-            MetricSource::Builtin => self.observe(&spec, &state, now),
-            MetricSource::Prometheus { address, queries } => {
-                match crate::prometheus_source::observe(&spec, &state, address, queries, now).await
-                {
-                    Ok(o) => self.with_feedback(&spec, o),
-                    Err(e) => return self.fail(&spec, now, format!("metric source: {e:#}")),
-                }
-            }
+        let observations = match self.observe(&spec, &state, now).await {
+            Ok(o) => o,
+            Err(e) => return self.fail(&spec, now, format!("metric source: {e:#}")),
         };
         let mut decision = step(&spec, &state, &observations, now);
-        if let Decision::Promote { variant, reason } = &decision {
-            if let Err(refusal) = ask_gates(
-                &self.webhooks,
-                &spec,
-                GateKind::ConfirmPromotion,
-                &state,
-                Some(&decision),
-            )
-            .await
-            {
-                if !refusal.answered {
-                    // A gate that cannot be reached is a failed analysis, not a "no".
-                    return self.fail(&spec, now, format!("confirm-promotion {refusal}"));
-                }
-                decision = Decision::Hold {
-                    reason: format!("{reason}; but confirm-promotion {refusal}, so {variant} is not promoted yet"),
-                };
-            }
+        if let Decision::Promote { .. } = &decision {
+            let kind = GateKind::ConfirmPromotion;
+            let replies = gates::ask(&self.webhooks, &spec, kind, &state, Some(&decision)).await;
+            decision = match after_confirm_promotion(decision, &judge_gates(kind, &replies)) {
+                Gated::Decide(decision) => decision,
+                Gated::Failed(why) => return self.fail(&spec, now, why),
+            };
         }
         // A whole analysis went through: the run of failures is over.
         if let Some(t) = self.lock().get_mut(id) {
@@ -496,7 +448,7 @@ impl Controller {
     }
 
     /// Counts a failed analysis; at the experiment's failure limit, rolls back.
-    fn fail(&self, spec: &Experiment, now: u64, why: String) -> anyhow::Result<()> {
+    fn fail(&self, spec: &Experiment, now: u64, why: String) -> Result<()> {
         let failures = {
             let mut tracked = self.lock();
             let Some(t) = tracked.get_mut(&spec.id) else {
@@ -515,14 +467,10 @@ impl Controller {
             now,
             &json!({ "failed": why, "failures": failures }),
         )?;
-        if failures >= spec.failure_limit {
-            let reason = format!(
-                "{failures} analyses in a row failed (failureLimit {}); the last: {why}; rolling back",
-                spec.failure_limit
-            );
-            return self.force_rollback(&spec.id, reason, now);
+        match after_failure(spec, failures, &why) {
+            Some(rollback) => self.force(&spec.id, rollback, now),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     /// Records a decision, applies it to the gateway, then marks it applied.
@@ -534,7 +482,7 @@ impl Controller {
         decision: Decision,
         observations: Observations,
         now: u64,
-    ) -> anyhow::Result<()> {
+    ) -> Result<()> {
         let mut next = state.clone();
         // A bandit's period that ends keeps its rewards in the state.
         advance(spec, &mut next, &decision, &observations, now);
@@ -543,7 +491,9 @@ impl Controller {
         // that then fails to apply would leave the store ahead of the gateway (and of
         // the revision held here, so every later decision would conflict).
         if next.weights != state.weights {
-            self.check_routable(spec, &next.weights)?;
+            self.actuator
+                .check_routable(spec, &next.weights)
+                .map_err(ControlError::invalid)?;
         }
         let row = DecisionRow {
             at: now,
@@ -558,7 +508,8 @@ impl Controller {
             .record_decision(&spec.id, revision, &row, &serde_json::to_value(&next)?)
             .with_context(|| format!("recording a decision for {}", spec.id))?;
         if next.weights != state.weights {
-            self.control.set_weights(&spec.id, &next.weights)?;
+            self.put_in_force(spec, &decision, &next.weights)
+                .map_err(|e| ControlError::Invalid(format!("{e:#}")))?;
         }
         self.store.mark_applied(&spec.id, seq)?;
         tracing::info!(experiment = %spec.id, decision = record.kind, "{}", record.reason);
@@ -571,47 +522,61 @@ impl Controller {
         Ok(())
     }
 
-    /// Refuses `weights` when they give traffic to a variant whose subset has no
-    /// endpoint (what `Control::set_weights` would refuse).
-    fn check_routable(&self, spec: &Experiment, weights: &[u32]) -> anyhow::Result<()> {
-        let config = self.control.config();
-        for (variant, &weight) in spec.variants.iter().zip(weights) {
-            if weight > 0
-                && config
-                    .subset_endpoints(&spec.host, Some(&variant.subset))
-                    .is_none_or(|e| e.is_empty())
-            {
-                anyhow::bail!(
-                    "subset {} of {} has no endpoint; refusing to route traffic to it",
-                    variant.subset,
-                    spec.host
-                );
+    /// Puts a decision's split in force: a promotion and a rollback as such, so that an
+    /// actuator may do more for them than set weights.
+    fn put_in_force(
+        &self,
+        spec: &Experiment,
+        decision: &Decision,
+        weights: &[u32],
+    ) -> anyhow::Result<()> {
+        match decision {
+            Decision::Promote { variant, .. } => {
+                match spec.variants.iter().position(|v| &v.name == variant) {
+                    Some(index) => self.actuator.promote(spec, index),
+                    None => self.actuator.set_split(spec, weights),
+                }
             }
+            Decision::Rollback { .. } => self.actuator.roll_back(spec),
+            _ => self.actuator.set_split(spec, weights),
         }
-        Ok(())
     }
 
     /// Applies an operator's decision (set split, promote, rollback) at once.
-    pub fn operate(&self, id: &str, decision: Decision) -> anyhow::Result<Summary> {
-        let now = now_ms();
-        let (spec, state, revision) = self.snapshot(id)?;
+    /// The period's observations go with the decision into the log; a source that cannot
+    /// be read does not stop an operator (the decision is logged without them).
+    pub async fn operate(&self, id: &str, decision: Decision) -> Result<Summary> {
+        let now = self.clock.now_ms();
+        let (spec, state, _) = self.snapshot(id)?;
         if state.phase.is_terminal() {
-            anyhow::bail!(
+            return Err(ControlError::Invalid(format!(
                 "experiment {id} has ended ({}); nothing to change",
                 state.phase
-            );
+            )));
         }
-        decision
-            .validate(&spec)
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        let observations = self.observe(&spec, &state, now);
+        decision.validate(&spec).map_err(ControlError::invalid)?;
+        let observations = match self.observe(&spec, &state, now).await {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::warn!(experiment = %id, "metric source: {e:#}; the operator's decision is logged without observations");
+                Observations::empty(&spec, state.period_started_at, now)
+            }
+        };
+        // Read again: the experiment may have moved on while the source was read.
+        let (spec, state, revision) = self.snapshot(id)?;
+        if state.phase.is_terminal() {
+            return Err(ControlError::Invalid(format!(
+                "experiment {id} has ended ({}); nothing to change",
+                state.phase
+            )));
+        }
         self.decide(&spec, state, revision, decision, observations, now)?;
         self.summary(id)
     }
 
     /// Pauses or resumes an experiment.
-    pub fn set_paused(&self, id: &str, paused: bool) -> anyhow::Result<Summary> {
-        let now = now_ms();
+    pub fn set_paused(&self, id: &str, paused: bool) -> Result<Summary> {
+        let now = self.clock.now_ms();
         let (_, mut state, revision) = self.snapshot(id)?;
         let changed = if paused {
             state.pause(now)
@@ -619,11 +584,11 @@ impl Controller {
             state.resume(now)
         };
         if !changed {
-            anyhow::bail!(
+            return Err(ControlError::Invalid(format!(
                 "experiment {id} is {}; cannot {}",
                 state.phase,
                 if paused { "pause" } else { "resume" }
-            );
+            )));
         }
         let row = DecisionRow {
             at: now,
@@ -649,48 +614,50 @@ impl Controller {
     }
 
     /// Starts an experiment created through the API.
-    pub fn create(&self, spec: Experiment, document: Value) -> anyhow::Result<Summary> {
+    pub fn create(&self, spec: Experiment, document: Value) -> Result<Summary> {
         if self.lock().contains_key(&spec.id) {
-            anyhow::bail!("experiment {} exists", spec.id);
+            return Err(ControlError::Exists(spec.id));
         }
-        self.control.upsert_experiment(spec.clone())?;
+        self.actuator
+            .add(spec.clone())
+            .map_err(|e| ControlError::Invalid(format!("{e:#}")))?;
         let id = spec.id.clone();
         // A new experiment starts from scratch, even if a deleted one had its id.
         if self.store.experiment(&id)?.is_some_and(|s| !s.deleted) {
-            self.store.delete_experiment(&id, now_ms())?;
+            self.store.delete_experiment(&id, self.clock.now_ms())?;
         }
         self.track(
             spec,
             Some(json!({ "source": "api", "resource": document })),
-            now_ms(),
+            self.clock.now_ms(),
         )?;
         self.summary(&id)
     }
 
     /// Removes an experiment: its rule goes, the host is as it was; its history stays.
-    pub fn delete(&self, id: &str) -> anyhow::Result<()> {
+    pub fn delete(&self, id: &str) -> Result<()> {
         if self.lock().remove(id).is_none() {
-            anyhow::bail!("no experiment {id}");
+            return Err(ControlError::NotFound(id.to_owned()));
         }
-        self.control.remove_experiment(id);
-        self.store.delete_experiment(id, now_ms())?;
+        self.actuator.remove(id);
+        self.store.delete_experiment(id, self.clock.now_ms())?;
         Ok(())
     }
 
-    fn snapshot(&self, id: &str) -> anyhow::Result<(Experiment, ExperimentState, u64)> {
+    fn snapshot(&self, id: &str) -> Result<(Experiment, ExperimentState, u64)> {
         let tracked = self.lock();
         let t = tracked
             .get(id)
-            .ok_or_else(|| anyhow::anyhow!("no experiment {id}"))?;
+            .ok_or_else(|| ControlError::NotFound(id.to_owned()))?;
         Ok((t.spec.clone(), t.state.clone(), t.revision))
     }
 
     /// One experiment's summary.
-    pub fn summary(&self, id: &str) -> anyhow::Result<Summary> {
+    pub fn summary(&self, id: &str) -> Result<Summary> {
         let tracked = self.lock();
         let t = tracked
             .get(id)
-            .ok_or_else(|| anyhow::anyhow!("no experiment {id}"))?;
+            .ok_or_else(|| ControlError::NotFound(id.to_owned()))?;
         let shares = t.state.percentages();
         Ok(Summary {
             id: t.spec.id.clone(),
@@ -718,8 +685,9 @@ impl Controller {
         ids.iter().filter_map(|id| self.summary(id).ok()).collect()
     }
 
-    /// The experiment's report, from its decision log and the current period.
-    pub fn report(&self, id: &str) -> anyhow::Result<Report> {
+    /// The experiment's report, from its decision log and the current period (left out
+    /// when the metric source cannot be read).
+    pub async fn report(&self, id: &str) -> Result<Report> {
         let (spec, state, _) = self.snapshot(id)?;
         let decisions: Vec<DecisionRecord> = self
             .store
@@ -730,123 +698,16 @@ impl Controller {
             .filter(|(_, row, _)| row.at >= state.started_at)
             .filter_map(|(_, row, _)| serde_json::from_value(row.observations).ok())
             .collect();
-        let current = self.observe(&spec, &state, now_ms());
         let mut periods: Vec<Observations> =
             decisions.iter().map(|d| d.observations.clone()).collect();
         if !state.phase.is_terminal() {
-            periods.push(current);
+            match self.observe(&spec, &state, self.clock.now_ms()).await {
+                Ok(current) => periods.push(current),
+                Err(e) => {
+                    tracing::warn!(experiment = %id, "report without the current period: {e:#}")
+                }
+            }
         }
         Ok(Report::new(&spec, &state, &decisions, &periods))
-    }
-}
-
-fn has_gate(spec: &Experiment, kind: GateKind) -> bool {
-    spec.gates.iter().any(|g| g.kind == kind)
-}
-
-/// Why a gate did not let the experiment go on.
-#[derive(Debug)]
-struct GateRefusal {
-    name: String,
-    /// The gate answered 2xx (for a rollback gate: "roll back").
-    asked: bool,
-    /// The gate answered at all (a refusal), rather than failing or timing out.
-    answered: bool,
-    why: String,
-}
-
-impl std::fmt::Display for GateRefusal {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "gate {} {}", self.name, self.why)
-    }
-}
-
-/// The JSON a gate receives.
-fn gate_payload(
-    spec: &Experiment,
-    kind: GateKind,
-    state: &ExperimentState,
-    decision: Option<&Decision>,
-) -> Value {
-    json!({
-        "experiment_id": spec.id,
-        "host": spec.host,
-        "gate": format!("{kind:?}"),
-        "phase": state.phase,
-        "split": spec.variants.iter().map(|v| v.name.clone()).zip(state.percentages()).collect::<Vec<_>>(),
-        "decision": decision.map(|d| json!({ "kind": d.kind(), "reason": d.reason() })),
-    })
-}
-
-/// Asks every gate of a kind. Pre-rollout and confirm-promotion gates pass on a 2xx
-/// answer and refuse otherwise; a rollback gate's 2xx answer is reported as a refusal
-/// with `asked` set (it asks for a rollback), any other answer lets the experiment go on.
-/// A gate of any kind that gives no answer (unreachable, refused by `--gate-allow`, past
-/// its timeout, a body over the limit) is reported with `answered` unset: a failed
-/// analysis.
-async fn ask_gates(
-    webhooks: &WebhookClient,
-    spec: &Experiment,
-    kind: GateKind,
-    state: &ExperimentState,
-    decision: Option<&Decision>,
-) -> Result<(), GateRefusal> {
-    for gate in spec.gates.iter().filter(|g| g.kind == kind) {
-        let answer = webhooks
-            .post_json(
-                &gate.url,
-                &gate_payload(spec, kind, state, decision),
-                gate.timeout,
-            )
-            .await;
-        match (kind, answer) {
-            (_, Err(e)) => {
-                return Err(GateRefusal {
-                    name: gate.name.clone(),
-                    asked: false,
-                    answered: false,
-                    why: format!("failed: {e}"),
-                })
-            }
-            (GateKind::Rollback, Ok(status)) if status.is_success() => {
-                return Err(GateRefusal {
-                    name: gate.name.clone(),
-                    asked: true,
-                    answered: true,
-                    why: format!("answered {status}: roll back"),
-                })
-            }
-            (GateKind::Rollback, Ok(_)) => {}
-            (_, Ok(status)) if status.is_success() => {}
-            (_, Ok(status)) => {
-                return Err(GateRefusal {
-                    name: gate.name.clone(),
-                    asked: false,
-                    answered: true,
-                    why: format!("refused ({status})"),
-                })
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Tells the event gates of a decision, without waiting for them.
-fn tell_event_gates(
-    webhooks: &WebhookClient,
-    spec: &Experiment,
-    state: &ExperimentState,
-    record: &DecisionRecord,
-) {
-    for gate in spec.gates.iter().filter(|g| g.kind == GateKind::Event) {
-        let mut payload = gate_payload(spec, GateKind::Event, state, None);
-        payload["decision"] = json!({ "kind": record.kind, "reason": record.reason, "weights_after": record.weights_after });
-        let (url, timeout, webhooks) = (gate.url.clone(), gate.timeout, webhooks.clone());
-        let experiment = spec.id.clone();
-        tokio::spawn(async move {
-            if let Err(e) = webhooks.post_json(&url, &payload, timeout).await {
-                tracing::warn!(%experiment, %url, "event gate: {e}");
-            }
-        });
     }
 }

@@ -11,15 +11,14 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use abgate_config::model::{Experiment, Variant};
+use abgate_config::model::{self, Experiment, Variant};
 use abgate_experiment::{ExperimentState, Observations, VariantObservation};
+use abgate_outbound::Client;
 use anyhow::{anyhow, Context as _};
-use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Limited};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 use tokio::task::JoinSet;
+
+use super::{MetricSource, Observing};
 
 /// How long one query may take, sending to body received.
 pub const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -36,7 +35,35 @@ const FIGURES: [&str; 5] = [
     "tokens_per_second",
 ];
 
-type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Empty<Bytes>>;
+/// Prometheus at the address each experiment names (`metrics.address`), with its query
+/// templates.
+#[derive(Clone)]
+pub struct Prometheus {
+    client: Client,
+}
+
+impl Prometheus {
+    /// Queries through `client`.
+    pub fn new(client: Client) -> Self {
+        Self { client }
+    }
+}
+
+impl MetricSource for Prometheus {
+    fn observe<'a>(
+        &'a self,
+        spec: &'a Experiment,
+        state: &'a ExperimentState,
+        now_ms: u64,
+    ) -> Observing<'a> {
+        Box::pin(async move {
+            let model::MetricSource::Prometheus { address, queries } = &spec.metric_source else {
+                anyhow::bail!("experiment {} does not read Prometheus", spec.id);
+            };
+            observe(&self.client, spec, state, address, queries, now_ms).await
+        })
+    }
+}
 
 /// Observations of an experiment's variants from Prometheus, over the current period.
 ///
@@ -44,14 +71,14 @@ type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Emp
 /// is not measured. Every query runs at once, each within [`QUERY_TIMEOUT`]. An HTTP error,
 /// a timeout, a query Prometheus refuses, or one that yields more than one series is an
 /// `Err` naming the query: the analysis failed, it did not observe nothing.
-pub async fn observe(
+async fn observe(
+    client: &Client,
     experiment: &Experiment,
     state: &ExperimentState,
     address: &str,
     queries: &BTreeMap<String, String>,
     now_ms: u64,
 ) -> anyhow::Result<Observations> {
-    let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
     let window = window(state.period_started_at, now_ms);
     let mut tasks = JoinSet::new();
     for (i, variant) in experiment.variants.iter().enumerate() {
@@ -202,29 +229,12 @@ fn query_url(address: &str, query: &str, now_ms: u64) -> String {
 }
 
 /// Runs one instant query: its one value, `None` when it yields nothing (or NaN, ±Inf).
-async fn instant_query(client: &HttpClient, url: &str) -> anyhow::Result<Option<f64>> {
-    let uri: hyper::Uri = url.parse().context("not a valid URL")?;
-    if uri.scheme_str() != Some("http") {
-        anyhow::bail!("only http:// Prometheus addresses are supported");
-    }
-    let request = hyper::Request::get(uri)
-        .header(hyper::header::ACCEPT, "application/json")
-        .body(Empty::<Bytes>::new())
-        .context("building the request")?;
-    let exchange = async {
-        let response = client.request(request).await?;
-        let status = response.status();
-        let body = Limited::new(response.into_body(), MAX_BODY)
-            .collect()
-            .await
-            .map_err(|e| anyhow!("reading the answer: {e}"))?
-            .to_bytes();
-        anyhow::Ok((status, body))
-    };
-    let (status, body) = tokio::time::timeout(QUERY_TIMEOUT, exchange)
-        .await
-        .map_err(|_| anyhow!("no answer within {} s", QUERY_TIMEOUT.as_secs()))??;
-    match parse_response(&body) {
+async fn instant_query(client: &Client, url: &str) -> anyhow::Result<Option<f64>> {
+    let answer = client
+        .get(url, "application/json", MAX_BODY, QUERY_TIMEOUT)
+        .await?;
+    let status = answer.status;
+    match parse_response(&answer.body) {
         Ok(value) if status.is_success() => Ok(value),
         Ok(_) => Err(anyhow!("HTTP {status}")),
         Err(e) if status.is_success() => Err(anyhow!(e)),
@@ -366,7 +376,7 @@ mod tests {
             query_url("http://127.0.0.1:9090/", "up == 1", 1_700_000_000_042),
             "http://127.0.0.1:9090/api/v1/query?query=up%20%3D%3D%201&time=1700000000.042"
         );
-        let uri: hyper::Uri = query_url("http://p:9090/prom", r#"a{b="c"}"#, 5)
+        let uri: http::Uri = query_url("http://p:9090/prom", r#"a{b="c"}"#, 5)
             .parse()
             .expect("a valid URI");
         assert_eq!(uri.path(), "/prom/api/v1/query");
@@ -435,6 +445,7 @@ mod tests {
         let spec = abgate_config_test_experiment();
         let state = ExperimentState::new(&spec, 1_000);
         let e = observe(
+            &client(),
             &spec,
             &state,
             &format!("http://127.0.0.1:{port}"),
@@ -452,9 +463,16 @@ mod tests {
     async fn no_templates_observe_nothing() {
         let spec = abgate_config_test_experiment();
         let state = ExperimentState::new(&spec, 1_000);
-        let obs = observe(&spec, &state, "http://127.0.0.1:1", &BTreeMap::new(), 9_000)
-            .await
-            .expect("no query, no error");
+        let obs = observe(
+            &client(),
+            &spec,
+            &state,
+            "http://127.0.0.1:1",
+            &BTreeMap::new(),
+            9_000,
+        )
+        .await
+        .expect("no query, no error");
         assert_eq!((obs.from, obs.to), (1_000, 9_000));
         assert_eq!(obs.variants.len(), spec.variants.len());
         assert!(obs
@@ -505,6 +523,7 @@ mod tests {
         let spec = abgate_config_test_experiment();
         let state = ExperimentState::new(&spec, 1_000);
         let obs = observe(
+            &client(),
             &spec,
             &state,
             &address,
@@ -540,7 +559,7 @@ mod tests {
             "sum(x{subset=\"{subset}\"}})".to_owned(),
         )]
         .into();
-        let e = observe(&spec, &state, &refused, &queries, 2_000)
+        let e = observe(&client(), &spec, &state, &refused, &queries, 2_000)
             .await
             .expect_err("refused");
         let text = format!("{e:#}");
@@ -554,7 +573,7 @@ mod tests {
         );
 
         let broken = canned(503, "upstream unavailable").await;
-        let e = observe(&spec, &state, &broken, &queries, 2_000)
+        let e = observe(&client(), &spec, &state, &broken, &queries, 2_000)
             .await
             .expect_err("not Prometheus");
         let text = format!("{e:#}");
@@ -563,10 +582,21 @@ mod tests {
             "{text}"
         );
 
-        let e = observe(&spec, &state, "https://127.0.0.1:1", &queries, 2_000)
-            .await
-            .expect_err("https");
-        assert!(format!("{e:#}").contains("only http://"), "{e:#}");
+        let e = observe(
+            &client(),
+            &spec,
+            &state,
+            "ftp://127.0.0.1:1",
+            &queries,
+            2_000,
+        )
+        .await
+        .expect_err("ftp");
+        assert!(format!("{e:#}").contains("not an http(s) URL"), "{e:#}");
+    }
+
+    fn client() -> Client {
+        Client::unrestricted()
     }
 
     /// An experiment loaded the way `abgate serve` loads one.
