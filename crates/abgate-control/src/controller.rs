@@ -38,6 +38,7 @@ struct Tracked {
     /// The latest observations, for progress displays.
     last_observations: Option<Observations>,
     last_reason: String,
+    last_summary: String,
 }
 
 /// Drives every experiment the gateway runs.
@@ -86,6 +87,8 @@ pub struct Summary {
     pub steps: u32,
     /// The latest reason the controller gave.
     pub last_reason: String,
+    /// The latest decision (or analysis) in one line.
+    pub last_summary: String,
     /// The latest observations.
     pub observations: Option<Observations>,
 }
@@ -163,6 +166,7 @@ impl Controller {
                 last_analysis: now,
                 last_observations: None,
                 last_reason: String::new(),
+                last_summary: String::new(),
             },
         );
         Ok(())
@@ -412,17 +416,16 @@ impl Controller {
         if let Some(t) = self.lock().get_mut(id) {
             t.failures = 0;
         }
-        self.note_analysis(
-            id,
-            now,
-            Some(observations.clone()),
-            Some(decision.reason().to_owned()),
-        );
-        if let Decision::Hold { reason } = &decision {
+        self.note_analysis(id, now, Some(observations.clone()), Some(&decision));
+        if let Decision::Hold { reason, .. } = &decision {
             self.store.record_analysis(
                 id,
                 now,
-                &json!({ "observations": observations, "reason": reason }),
+                &json!({
+                    "observations": observations,
+                    "reason": reason,
+                    "summary": decision.summary(),
+                }),
             )?;
             return Ok(());
         }
@@ -434,15 +437,16 @@ impl Controller {
         id: &str,
         now: u64,
         observations: Option<Observations>,
-        reason: Option<String>,
+        decision: Option<&Decision>,
     ) {
         if let Some(t) = self.lock().get_mut(id) {
             t.last_analysis = now;
             if observations.is_some() {
                 t.last_observations = observations;
             }
-            if let Some(reason) = reason {
-                t.last_reason = reason;
+            if let Some(decision) = decision {
+                decision.reason().clone_into(&mut t.last_reason);
+                decision.summary().clone_into(&mut t.last_summary);
             }
         }
     }
@@ -459,6 +463,7 @@ impl Controller {
                 "analysis failed ({} of {}): {why}",
                 t.failures, spec.failure_limit
             );
+            t.last_summary = format!("analysis failed ({} of {})", t.failures, spec.failure_limit);
             t.failures
         };
         tracing::warn!(experiment = %spec.id, failures, "analysis failed: {why}");
@@ -499,6 +504,7 @@ impl Controller {
             at: now,
             kind: record.kind.clone(),
             reason: record.reason.clone(),
+            summary: record.summary.clone(),
             weights_before: record.weights_before.clone(),
             weights_after: record.weights_after.clone(),
             observations: serde_json::to_value(&record)?,
@@ -512,11 +518,18 @@ impl Controller {
                 .map_err(|e| ControlError::Invalid(format!("{e:#}")))?;
         }
         self.store.mark_applied(&spec.id, seq)?;
-        tracing::info!(experiment = %spec.id, decision = record.kind, "{}", record.reason);
+        tracing::info!(
+            experiment = %spec.id,
+            decision = record.kind,
+            reason = %record.reason,
+            "{}",
+            record.headline()
+        );
         tell_event_gates(&self.webhooks, spec, &next, &record);
         if let Some(t) = self.lock().get_mut(&spec.id) {
             t.state = next;
             t.revision = revision + 1;
+            t.last_summary = record.headline().to_owned();
             t.last_reason = record.reason;
         }
         Ok(())
@@ -590,13 +603,12 @@ impl Controller {
                 if paused { "pause" } else { "resume" }
             )));
         }
+        let verb = if paused { "paused" } else { "resumed" };
         let row = DecisionRow {
             at: now,
             kind: if paused { "pause" } else { "resume" }.to_owned(),
-            reason: format!(
-                "{} by an operator",
-                if paused { "paused" } else { "resumed" }
-            ),
+            reason: format!("{verb} by an operator"),
+            summary: format!("{verb} by an operator"),
             weights_before: state.weights.clone(),
             weights_after: state.weights.clone(),
             observations: Value::Null,
@@ -609,6 +621,7 @@ impl Controller {
             t.state = state;
             t.revision = revision + 1;
             t.last_reason = row.reason;
+            t.last_summary = row.summary;
         }
         self.summary(id)
     }
@@ -675,6 +688,7 @@ impl Controller {
             winner: t.state.winner.clone(),
             steps: t.state.step,
             last_reason: t.last_reason.clone(),
+            last_summary: t.last_summary.clone(),
             observations: t.last_observations.clone(),
         })
     }

@@ -62,7 +62,7 @@ fn run(spec: &Experiment, per_look: u64, looks: u64, rng: &mut SmallRng) -> Outc
         let obs = Observations::from_stats(spec, windows.clone(), state.period_started_at, now);
         claimed_improved |= policy.analyze(spec, &state, &obs).is_improved();
         let d = step(spec, &state, &obs, now);
-        if let Decision::Rollback { reason } = &d {
+        if let Decision::Rollback { reason, .. } = &d {
             rollback = Some((reason.clone(), state.percentages()));
         }
         let period = state.period;

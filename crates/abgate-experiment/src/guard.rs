@@ -83,10 +83,11 @@ pub enum Gated {
 /// and the failure limit rolls back).
 pub fn after_pre_rollout(spec: &Experiment, verdict: &GateVerdict) -> Gated {
     match verdict {
-        GateVerdict::Proceed => Gated::Decide(Decision::SetWeights {
-            weights: spec.variants.iter().map(|v| v.weight).collect(),
-            reason: "pre-rollout gates passed; the candidate gets its first traffic".to_owned(),
-        }),
+        GateVerdict::Proceed => Gated::Decide(Decision::set_weights(
+            spec.variants.iter().map(|v| v.weight).collect(),
+            "start: pre-rollout gates passed",
+            "pre-rollout gates passed; the candidate gets its first traffic",
+        )),
         GateVerdict::Refused(why) | GateVerdict::RollBack(why) | GateVerdict::NoAnswer(why) => {
             Gated::Failed(format!("pre-rollout {why}"))
         }
@@ -97,12 +98,13 @@ pub fn after_pre_rollout(spec: &Experiment, verdict: &GateVerdict) -> Gated {
 pub fn after_rollback_gates(spec: &Experiment, verdict: &GateVerdict) -> Option<Gated> {
     match verdict {
         GateVerdict::Proceed | GateVerdict::Refused(_) => None,
-        GateVerdict::RollBack(why) => Some(Gated::Decide(Decision::Rollback {
-            reason: format!(
+        GateVerdict::RollBack(why) => Some(Gated::Decide(Decision::rollback(
+            format!("roll back: {why}"),
+            format!(
                 "rollback {why}; rolling back: all traffic to baseline {}",
                 spec.variants[spec.baseline].name
             ),
-        })),
+        ))),
         GateVerdict::NoAnswer(why) => Some(Gated::Failed(format!("rollback {why}"))),
     }
 }
@@ -111,16 +113,18 @@ pub fn after_rollback_gates(spec: &Experiment, verdict: &GateVerdict) -> Option<
 /// pass; a refusal holds (the progress deadline then decides); no answer is a failed
 /// analysis.
 pub fn after_confirm_promotion(proposed: Decision, verdict: &GateVerdict) -> Gated {
-    let Decision::Promote { variant, reason } = &proposed else {
+    let Decision::Promote {
+        variant, reason, ..
+    } = &proposed
+    else {
         return Gated::Decide(proposed);
     };
     match verdict {
         GateVerdict::Proceed => Gated::Decide(proposed),
-        GateVerdict::Refused(why) | GateVerdict::RollBack(why) => Gated::Decide(Decision::Hold {
-            reason: format!(
-                "{reason}; but confirm-promotion {why}, so {variant} is not promoted yet"
-            ),
-        }),
+        GateVerdict::Refused(why) | GateVerdict::RollBack(why) => Gated::Decide(Decision::hold(
+            format!("hold: {variant} ready, but confirm-promotion {why}"),
+            format!("{reason}; but confirm-promotion {why}, so {variant} is not promoted yet"),
+        )),
         GateVerdict::NoAnswer(why) => Gated::Failed(format!("confirm-promotion {why}")),
     }
 }
@@ -138,22 +142,34 @@ pub fn past_progress_deadline(
     let deadline = spec.progress_deadline?;
     let since = state.updated_at.max(state.started_at);
     let limit = u64::try_from(deadline.as_millis()).unwrap_or(u64::MAX);
-    (now.saturating_sub(since) > limit).then(|| Decision::Rollback {
-        reason: format!(
-            "no decision moved the experiment on within its progress deadline of {}; rolling back",
-            fmt::duration(limit)
-        ),
+    (now.saturating_sub(since) > limit).then(|| {
+        Decision::rollback(
+            format!(
+                "roll back: no progress within progressDeadline {}",
+                fmt::duration(limit)
+            ),
+            format!(
+                "no decision moved the experiment on within its progress deadline of {}; rolling back",
+                fmt::duration(limit)
+            ),
+        )
     })
 }
 
 /// After `failures` analyses in a row failed (the last for `why`): a rollback at the
 /// experiment's `failureLimit`, else nothing (the next interval tries again).
 pub fn after_failure(spec: &Experiment, failures: u32, why: &str) -> Option<Decision> {
-    (failures >= spec.failure_limit).then(|| Decision::Rollback {
-        reason: format!(
-            "{failures} analyses in a row failed (failureLimit {}); the last: {why}; rolling back",
-            spec.failure_limit
-        ),
+    (failures >= spec.failure_limit).then(|| {
+        Decision::rollback(
+            format!(
+                "roll back: {failures} analyses failed in a row (failureLimit {})",
+                spec.failure_limit
+            ),
+            format!(
+                "{failures} analyses in a row failed (failureLimit {}); the last: {why}; rolling back",
+                spec.failure_limit
+            ),
+        )
     })
 }
 
@@ -199,6 +215,7 @@ mod tests {
     #[test]
     fn a_refused_promotion_holds_and_an_unanswered_one_fails() {
         let promote = Decision::Promote {
+            summary: String::new(),
             variant: "next".into(),
             reason: "healthy".into(),
         };
@@ -206,7 +223,7 @@ mod tests {
             promote.clone(),
             &GateVerdict::Refused("gate g refused (409)".into()),
         );
-        let Gated::Decide(Decision::Hold { reason }) = held else {
+        let Gated::Decide(Decision::Hold { reason, .. }) = held else {
             panic!("{held:?}")
         };
         assert!(reason.contains("next is not promoted yet"), "{reason}");

@@ -231,7 +231,7 @@ impl Report {
         if self.decisions.is_empty() {
             h.push_str("<p>No decision yet.</p>\n");
         } else {
-            h.push_str("<table><tr><th>#</th><th>At</th><th>Period</th><th>Decision</th><th>Split before → after</th><th>Reason</th></tr>");
+            h.push_str("<table><tr><th>#</th><th>At</th><th>Summary</th><th>Period</th><th>Decision</th><th>Split before → after</th><th>Reason</th></tr>");
             let split = |w: &[u32]| {
                 percentages(w)
                     .iter()
@@ -242,9 +242,10 @@ impl Report {
             for (i, d) in self.decisions.iter().enumerate() {
                 let _ = write!(
                     h,
-                    "<tr><td>{}</td><td>t+{}</td><td>{}</td><td>{}</td><td>{} → {}</td><td class=\"reason\">{}</td></tr>",
+                    "<tr><td>{}</td><td>t+{}</td><td>{}</td><td>{}</td><td>{}</td><td>{} → {}</td><td class=\"reason\">{}</td></tr>",
                     i + 1,
                     fmt::duration(d.at.saturating_sub(t0)),
+                    escape(d.headline()),
                     d.period,
                     escape(&d.kind),
                     split(&d.weights_before),

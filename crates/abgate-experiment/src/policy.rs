@@ -2,13 +2,16 @@
 
 use abgate_config::model::{Experiment, PolicyKind};
 
-use crate::fmt::{ms, num, pct, rate};
+use crate::fmt::{ms, num, pct, rate, signed_pct};
 use crate::observe::{Observations, VariantObservation};
 use crate::score::{pick_winner, WinnerPick};
 use crate::sequential::Sequential;
 use crate::state::ExperimentState;
 
-/// What a policy concluded about a candidate (or, folded, about the experiment).
+/// What a policy concluded about a candidate (or, folded, about the experiment). Each
+/// carries its reason in full, with every number behind it, and a `summary`: the same
+/// conclusion in a few words and the one or two numbers that decided it
+/// (`no harm shown; p95 -34% (upper bound -30%); n 111/412`), for one-line decisions.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Verdict {
     /// Not enough evidence either way (too few samples, a missing figure). Never a
@@ -16,17 +19,23 @@ pub enum Verdict {
     Inconclusive {
         /// Why, with the numbers.
         reason: String,
+        /// Why, in a few words.
+        summary: String,
     },
     /// Worse than the rollback criteria allow.
     Regressed {
         /// Why, with the numbers.
         reason: String,
+        /// Why, in a few words.
+        summary: String,
     },
     /// The data cannot be trusted for a comparison (a sample ratio mismatch): no ramp,
     /// no promotion, no winner while it lasts. Never a reason to roll back by itself.
     Halted {
         /// Why, with the numbers.
         reason: String,
+        /// Why, in a few words.
+        summary: String,
     },
     /// Within the rollback criteria; `improved` when also better than the baseline by
     /// the policy's standard (the classic one: the seed's ramp condition).
@@ -35,17 +44,62 @@ pub enum Verdict {
         improved: bool,
         /// Why, with the numbers.
         reason: String,
+        /// Why, in a few words.
+        summary: String,
     },
 }
 
 impl Verdict {
+    /// [`Verdict::Inconclusive`].
+    pub fn inconclusive(summary: impl Into<String>, reason: impl Into<String>) -> Self {
+        Verdict::Inconclusive {
+            reason: reason.into(),
+            summary: summary.into(),
+        }
+    }
+
+    /// [`Verdict::Regressed`].
+    pub fn regressed(summary: impl Into<String>, reason: impl Into<String>) -> Self {
+        Verdict::Regressed {
+            reason: reason.into(),
+            summary: summary.into(),
+        }
+    }
+
+    /// [`Verdict::Halted`].
+    pub fn halted(summary: impl Into<String>, reason: impl Into<String>) -> Self {
+        Verdict::Halted {
+            reason: reason.into(),
+            summary: summary.into(),
+        }
+    }
+
+    /// [`Verdict::Healthy`].
+    pub fn healthy(improved: bool, summary: impl Into<String>, reason: impl Into<String>) -> Self {
+        Verdict::Healthy {
+            improved,
+            reason: reason.into(),
+            summary: summary.into(),
+        }
+    }
+
     /// The reason, whatever the verdict.
     pub fn reason(&self) -> &str {
         match self {
-            Verdict::Inconclusive { reason }
-            | Verdict::Regressed { reason }
-            | Verdict::Halted { reason }
+            Verdict::Inconclusive { reason, .. }
+            | Verdict::Regressed { reason, .. }
+            | Verdict::Halted { reason, .. }
             | Verdict::Healthy { reason, .. } => reason,
+        }
+    }
+
+    /// The summary, whatever the verdict.
+    pub fn summary(&self) -> &str {
+        match self {
+            Verdict::Inconclusive { summary, .. }
+            | Verdict::Regressed { summary, .. }
+            | Verdict::Halted { summary, .. }
+            | Verdict::Healthy { summary, .. } => summary,
         }
     }
 
@@ -76,42 +130,36 @@ impl Verdict {
 /// improved. Reasons are joined with `; `, the deciding ones only, each once.
 pub fn fold(verdicts: impl IntoIterator<Item = Verdict>) -> Verdict {
     let verdicts: Vec<Verdict> = verdicts.into_iter().collect();
-    let join = |pick: &dyn Fn(&Verdict) -> bool| {
-        let mut reasons: Vec<&str> = Vec::new();
-        for r in verdicts.iter().filter(|v| pick(v)).map(Verdict::reason) {
-            if !reasons.contains(&r) {
-                reasons.push(r);
+    let join = |pick: &dyn Fn(&Verdict) -> bool, text: fn(&Verdict) -> &str| {
+        let mut parts: Vec<&str> = Vec::new();
+        for r in verdicts.iter().filter(|v| pick(v)).map(text) {
+            if !parts.contains(&r) {
+                parts.push(r);
             }
         }
-        reasons.join("; ")
+        parts.join("; ")
+    };
+    let both = |pick: &dyn Fn(&Verdict) -> bool| {
+        (join(pick, Verdict::summary), join(pick, Verdict::reason))
     };
     if verdicts.is_empty() {
-        return Verdict::Inconclusive {
-            reason: "no candidate to compare".to_owned(),
-        };
+        return Verdict::inconclusive("no candidate", "no candidate to compare");
     }
     if verdicts.iter().any(Verdict::is_regressed) {
-        return Verdict::Regressed {
-            reason: join(&Verdict::is_regressed),
-        };
+        let (summary, reason) = both(&Verdict::is_regressed);
+        return Verdict::regressed(summary, reason);
     }
     if verdicts.iter().any(Verdict::is_halted) {
-        return Verdict::Halted {
-            reason: join(&Verdict::is_halted),
-        };
+        let (summary, reason) = both(&Verdict::is_halted);
+        return Verdict::halted(summary, reason);
     }
-    if verdicts
-        .iter()
-        .any(|v| matches!(v, Verdict::Inconclusive { .. }))
-    {
-        return Verdict::Inconclusive {
-            reason: join(&|v| matches!(v, Verdict::Inconclusive { .. })),
-        };
+    let inconclusive = |v: &Verdict| matches!(v, Verdict::Inconclusive { .. });
+    if verdicts.iter().any(inconclusive) {
+        let (summary, reason) = both(&inconclusive);
+        return Verdict::inconclusive(summary, reason);
     }
-    Verdict::Healthy {
-        improved: verdicts.iter().all(Verdict::is_improved),
-        reason: join(&|_| true),
-    }
+    let (summary, reason) = both(&|_| true);
+    Verdict::healthy(verdicts.iter().all(Verdict::is_improved), summary, reason)
 }
 
 /// An analysis policy: judges candidates against the declared baseline from the
@@ -248,25 +296,50 @@ impl Classic {
     }
 }
 
+/// Why a variant cannot be judged: (in a few words, in full).
+type Unjudgeable = (String, String);
+
 /// A variant's success rate and p95, or why they cannot be judged.
-fn judgeable(spec: &Experiment, role: &str, v: &VariantObservation) -> Result<(f64, f64), String> {
+fn judgeable(
+    spec: &Experiment,
+    role: &str,
+    v: &VariantObservation,
+) -> Result<(f64, f64), Unjudgeable> {
     let needed = spec.min_samples.max(1);
     if v.requests < needed {
-        return Err(format!(
-            "{role} {} has {} requests in this period, fewer than minSamples {needed}",
-            v.variant, v.requests
+        return Err((
+            format!("{} {}/{needed} requests", v.variant, v.requests),
+            format!(
+                "{role} {} has {} requests in this period, fewer than minSamples {needed}",
+                v.variant, v.requests
+            ),
         ));
     }
     let Some(sr) = v.success_rate() else {
-        return Err(format!("{role} {} has no success rate", v.variant));
+        return Err((
+            format!("{} no success rate", v.variant),
+            format!("{role} {} has no success rate", v.variant),
+        ));
     };
     let Some(p95) = v.latency_p95_ms.filter(|p| p.is_finite() && *p > 0.0) else {
-        return Err(format!(
-            "{role} {} has {} requests but no p95 latency",
-            v.variant, v.requests
+        return Err((
+            format!("{} no p95", v.variant),
+            format!(
+                "{role} {} has {} requests but no p95 latency",
+                v.variant, v.requests
+            ),
         ));
     };
     Ok((sr, p95))
+}
+
+/// An inconclusive verdict from what could not be judged.
+fn not_enough_data(why: impl IntoIterator<Item = Unjudgeable>) -> Verdict {
+    let (summaries, reasons): (Vec<String>, Vec<String>) = why.into_iter().unzip();
+    Verdict::inconclusive(
+        format!("not enough data ({})", summaries.join(", ")),
+        reasons.join("; "),
+    )
 }
 
 fn rate_with_counts(v: &VariantObservation, sr: f64) -> String {
@@ -293,37 +366,42 @@ impl Policy for Classic {
     ) -> Verdict {
         let (Some(b), Some(c)) = (obs.variants.get(spec.baseline), obs.variants.get(candidate))
         else {
-            return Verdict::Inconclusive {
-                reason: format!("no observations for variant #{candidate} or the baseline"),
-            };
+            return Verdict::inconclusive(
+                "no observations",
+                format!("no observations for variant #{candidate} or the baseline"),
+            );
         };
         let bj = judgeable(spec, "baseline", b);
         let cj = judgeable(spec, "candidate", c);
         let ((sr_b, p95_b), (sr_c, p95_c)) = match (bj, cj) {
             (Ok(b), Ok(c)) => (b, c),
-            (b, c) => {
-                let reasons: Vec<String> = [b.err(), c.err()].into_iter().flatten().collect();
-                return Verdict::Inconclusive {
-                    reason: reasons.join("; "),
-                };
-            }
+            (b, c) => return not_enough_data([b.err(), c.err()].into_iter().flatten()),
         };
         let drop = Self::success_rate_drop(spec);
+        let n = format!("n {}/{}", c.requests, b.requests);
         if sr_c < drop {
-            return Verdict::Regressed {
-                reason: format!(
+            return Verdict::regressed(
+                format!("success rate {} < {}; {n}", rate(sr_c), rate(drop)),
+                format!(
                     "candidate {} success rate {} < rollback threshold success_rate_drop {}",
                     c.variant,
                     rate_with_counts(c, sr_c),
                     rate(drop)
                 ),
-            };
+            );
         }
         let degradation = Self::latency_degradation(spec);
         let limit = p95_b * (1.0 + degradation);
         if p95_c > limit {
-            return Verdict::Regressed {
-                reason: format!(
+            return Verdict::regressed(
+                format!(
+                    "p95 {} vs {} ({}), limit {}; {n}",
+                    ms(p95_c),
+                    ms(p95_b),
+                    signed_pct(p95_c / p95_b - 1.0),
+                    signed_pct(degradation)
+                ),
+                format!(
                     "candidate {} p95 {} > baseline {} p95 {} × {} = {} (latency_degradation {})",
                     c.variant,
                     ms(p95_c),
@@ -333,7 +411,7 @@ impl Policy for Classic {
                     ms(limit),
                     num(degradation, 3)
                 ),
-            };
+            );
         }
         let improvement = (p95_b - p95_c) / p95_b;
         let mut missing = Vec::new();
@@ -368,20 +446,27 @@ impl Policy for Classic {
             rate_with_counts(c, sr_c),
             rate_with_counts(b, sr_b)
         );
+        let brief = format!(
+            "p95 {}, success rate {}; {n}",
+            signed_pct(p95_c / p95_b - 1.0),
+            rate(sr_c)
+        );
         if missing.is_empty() {
-            Verdict::Healthy {
-                improved: true,
-                reason: format!(
+            Verdict::healthy(
+                true,
+                format!("improved; {brief}"),
+                format!(
                     "{facts}: improved (p95 better by > {}, success rate ≥ baseline and > {})",
                     pct(Self::RAMP_LATENCY_IMPROVEMENT),
                     rate(Self::RAMP_MIN_SUCCESS_RATE)
                 ),
-            }
+            )
         } else {
-            Verdict::Healthy {
-                improved: false,
-                reason: format!("{facts}: healthy, not improved ({})", missing.join(", ")),
-            }
+            Verdict::healthy(
+                false,
+                format!("healthy, not improved; {brief}"),
+                format!("{facts}: healthy, not improved ({})", missing.join(", ")),
+            )
         }
     }
 
@@ -393,32 +478,36 @@ impl Policy for Classic {
         variant: usize,
     ) -> Verdict {
         let Some(v) = obs.variants.get(variant) else {
-            return Verdict::Inconclusive {
-                reason: format!("no observations for variant #{variant}"),
-            };
+            return Verdict::inconclusive(
+                "no observations",
+                format!("no observations for variant #{variant}"),
+            );
         };
         let (sr, p95) = match judgeable(spec, "variant", v) {
             Ok(j) => j,
-            Err(reason) => return Verdict::Inconclusive { reason },
+            Err(why) => return not_enough_data([why]),
         };
+        let n = format!("n {}", v.requests);
         let drop = Self::success_rate_drop(spec);
         if sr < drop {
-            return Verdict::Regressed {
-                reason: format!(
+            return Verdict::regressed(
+                format!("success rate {} < {}; {n}", rate(sr), rate(drop)),
+                format!(
                     "{} success rate {} < rollback threshold success_rate_drop {}",
                     v.variant,
                     rate_with_counts(v, sr),
                     rate(drop)
                 ),
-            };
+            );
         }
         let degradation = Self::latency_degradation(spec);
         let target = spec.target_metrics.get("latency_p95_ms").copied();
         if let Some(target) = target {
             let limit = target * (1.0 + degradation);
             if p95 > limit {
-                return Verdict::Regressed {
-                    reason: format!(
+                return Verdict::regressed(
+                    format!("p95 {} > target {} + {}; {n}", ms(p95), ms(target), pct(degradation)),
+                    format!(
                         "{} p95 {} > target latency_p95_ms {} × {} = {} (the baseline serves nothing to compare with)",
                         v.variant,
                         ms(p95),
@@ -426,7 +515,7 @@ impl Policy for Classic {
                         num(1.0 + degradation, 3),
                         ms(limit)
                     ),
-                };
+                );
             }
         }
         let latency = match target {
@@ -441,15 +530,16 @@ impl Policy for Classic {
                 ms(p95)
             ),
         };
-        Verdict::Healthy {
-            improved: false,
-            reason: format!(
+        Verdict::healthy(
+            false,
+            format!("healthy alone; success rate {}, p95 {}; {n}", rate(sr), ms(p95)),
+            format!(
                 "{} on its own (the baseline serves nothing this period): success rate {} ≥ {}, {latency}",
                 v.variant,
                 rate_with_counts(v, sr),
                 rate(drop)
             ),
-        }
+        )
     }
 }
 
@@ -545,12 +635,9 @@ mod tests {
 
     #[test]
     fn fold_prefers_regression_then_inconclusive() {
-        let r = Verdict::Regressed { reason: "r".into() };
-        let i = Verdict::Inconclusive { reason: "i".into() };
-        let h = Verdict::Healthy {
-            improved: true,
-            reason: "h".into(),
-        };
+        let r = Verdict::regressed("r", "r");
+        let i = Verdict::inconclusive("i", "i");
+        let h = Verdict::healthy(true, "h", "h");
         assert!(fold([h.clone(), i.clone(), r]).is_regressed());
         assert_eq!(fold([h.clone(), i.clone()]), i);
         assert!(fold([h.clone(), h]).is_improved());
@@ -568,9 +655,9 @@ mod tests {
 
     #[test]
     fn fold_puts_halted_between_regressed_and_inconclusive() {
-        let r = Verdict::Regressed { reason: "r".into() };
-        let s = Verdict::Halted { reason: "s".into() };
-        let i = Verdict::Inconclusive { reason: "i".into() };
+        let r = Verdict::regressed("r", "r");
+        let s = Verdict::halted("s", "s");
+        let i = Verdict::inconclusive("i", "i");
         assert!(fold([i.clone(), s.clone(), r]).is_regressed());
         // The same reason twice (one SRM for every candidate) is given once.
         assert_eq!(fold([i, s.clone(), s.clone()]), s);

@@ -29,6 +29,10 @@ pub struct DecisionRecord {
     pub kind: String,
     /// [`Decision::reason`].
     pub reason: String,
+    /// [`Decision::summary`] (empty in records written before summaries existed; see
+    /// [`DecisionRecord::headline`]).
+    #[serde(default)]
+    pub summary: String,
     /// The split in force when it was taken.
     pub weights_before: Vec<u32>,
     /// The split once it is applied (the same for a hold or a finish).
@@ -54,9 +58,19 @@ impl DecisionRecord {
             period: state.period,
             kind: decision.kind().to_owned(),
             reason: decision.reason().to_owned(),
+            summary: decision.summary().to_owned(),
             weights_before: state.weights.clone(),
             weights_after: after.weights,
             observations,
+        }
+    }
+
+    /// The decision in one line: its summary, or its reason when it has none.
+    pub fn headline(&self) -> &str {
+        if self.summary.is_empty() {
+            &self.reason
+        } else {
+            &self.summary
         }
     }
 
@@ -469,7 +483,7 @@ impl Report {
         if self.decisions.is_empty() {
             md.push_str("No decision yet.\n");
         } else {
-            md.push_str("| # | At | Period | Decision | Split before → after | Reason |\n|--:|---|--:|---|---|---|\n");
+            md.push_str("| # | At | Summary | Period | Decision | Split before → after | Reason |\n|--:|---|---|--:|---|---|---|\n");
             for (i, d) in self.decisions.iter().enumerate() {
                 let split = |w: &[u32]| {
                     percentages(w)
@@ -480,9 +494,10 @@ impl Report {
                 };
                 let _ = writeln!(
                     md,
-                    "| {} | {} | {} | {} | {} → {} | {} |",
+                    "| {} | {} | {} | {} | {} | {} → {} | {} |",
                     i + 1,
                     t(d.at),
+                    cell(d.headline()),
                     d.period,
                     d.kind,
                     split(&d.weights_before),
@@ -737,12 +752,12 @@ mod tests {
         assert!(md.contains("## Decision log"), "{md}");
         assert!(
             md.contains(
-                "| 1 | t+5m00s | 0 | set_weights | 70/30 → 60/40 | candidate v1-1 vs baseline v1-0"
+                "| 1 | t+5m00s | ramp v1-1 30% → 40%: improved; p95 -16.7%, success rate 0.999; n 1000/1000 | 0 | set_weights | 70/30 → 60/40 | candidate v1-1 vs baseline v1-0"
             ),
             "{md}"
         );
         assert!(
-            md.contains("| 3 | t+15m00s | 2 | promote | 50/50 → 0/100 | candidate v1-1 held 50%"),
+            md.contains("| 3 | t+15m00s | promote v1-1: improved; p95 -16.7%, success rate 0.999; n 1000/1000 | 2 | promote | 50/50 → 0/100 | candidate v1-1 held 50%"),
             "{md}"
         );
         assert!(md.contains("## Traffic over time"), "{md}");

@@ -276,6 +276,7 @@ impl Sequential {
         };
         let (p, bound) = self.greater(alpha, size, test);
         Outcome::Tested(Evidence {
+            label: "error rate",
             figures: format!(
                 "circuit breaker: {name} error rate {} ({errors}/{n}) against the hard limit {} (1 - success_rate_drop)",
                 pct2(rate),
@@ -331,6 +332,7 @@ impl Sequential {
                 };
                 let (p, bound) = self.greater(alpha, size, test);
                 Outcome::Tested(Evidence {
+                    label: "error rate",
                     figures,
                     estimate: e.estimate,
                     bound,
@@ -392,6 +394,7 @@ impl Sequential {
                 };
                 let (p, bound) = self.greater(alpha, size, test);
                 Outcome::Tested(Evidence {
+                    label,
                     figures: format!("{label} {} vs {}", ms(qc), ms(qb)),
                     estimate: e.estimate,
                     bound,
@@ -460,6 +463,7 @@ impl Sequential {
         };
         let (p, bound) = self.greater(alpha, size, test);
         Outcome::Tested(Evidence {
+            label: "p95 vs target",
             figures: format!(
                 "p95 latency of {name} {} against target latency_p95_ms {}",
                 ms(q.value()),
@@ -671,7 +675,7 @@ impl Policy for Sequential {
         candidate: usize,
     ) -> Verdict {
         if let Err(reason) = raw_windows(spec, obs) {
-            return Verdict::Inconclusive { reason };
+            return Verdict::inconclusive("no raw windows from the metric source", reason);
         }
         let (cn, bn) = (
             &spec.variants[candidate].name,
@@ -680,30 +684,42 @@ impl Policy for Sequential {
         let family = self.compared(spec, obs);
         let head = format!("candidate {cn} vs baseline {bn}");
         if let Some(harm) = family.harm(candidate) {
-            return Verdict::Regressed {
-                reason: format!("{head}: harm shown with confidence: {harm}"),
-            };
+            return Verdict::regressed(
+                family.harm_brief(candidate),
+                format!("{head}: harm shown with confidence: {harm}"),
+            );
         }
         let srm = self.srm(spec, state, obs);
         if let Some(srm) = srm.as_ref().filter(|s| s.fires) {
-            return Verdict::Halted {
-                reason: srm.halting(),
-            };
+            return Verdict::halted(
+                format!("sample ratio mismatch (p {})", pval(srm.p)),
+                srm.halting(),
+            );
         }
         let (cs, bs) = (&obs.stats[candidate], &obs.stats[spec.baseline]);
         let need = min_samples(spec);
         if cs.count < need || bs.count < need {
-            return Verdict::Inconclusive {
-                reason: format!(
+            let short: Vec<String> = [(cn, cs.count), (bn, bs.count)]
+                .iter()
+                .filter(|(_, n)| *n < need)
+                .map(|(name, n)| format!("{name} {n}/{need}"))
+                .collect();
+            return Verdict::inconclusive(
+                format!("not enough data ({} requests)", short.join(", ")),
+                format!(
                     "not enough data: candidate {cn} has {} requests in this period, baseline {bn} {}; minSamples is {need} each",
                     cs.count, bs.count
                 ),
-            };
+            );
         }
         if let Some(missing) = family.missing(candidate) {
-            return Verdict::Inconclusive {
-                reason: format!("not enough data for {head}: {missing}"),
-            };
+            return Verdict::inconclusive(
+                format!(
+                    "not enough data ({} guardrail(s) of {cn} untested)",
+                    family.untested(candidate)
+                ),
+                format!("not enough data for {head}: {missing}"),
+            );
         }
         let alpha = family.alpha;
         let goal = self
@@ -711,21 +727,34 @@ impl Policy for Sequential {
             .into_iter()
             .find(|(c, _)| *c == candidate)
             .map(|(_, g)| g);
-        let (improved, goal) = match goal {
-            Some(Ok(g)) => (g.adjusted < alpha, g.improvement(alpha)),
-            Some(Err(why)) => (false, format!("goal p95 latency not judged: {why}")),
-            None => (false, String::new()),
+        let (improved, goal, brief) = match goal {
+            Some(Ok(g)) => (g.adjusted < alpha, g.improvement(alpha), g.brief()),
+            Some(Err(why)) => (
+                false,
+                format!("goal p95 latency not judged: {why}"),
+                "p95 not judged yet".to_owned(),
+            ),
+            None => (false, String::new(), String::new()),
         };
         let srm = srm.map_or(String::new(), |s| {
             format!("; no sample ratio mismatch ({})", s.text)
         });
-        Verdict::Healthy {
+        let n = format!("n {}/{}", cs.count, bs.count);
+        Verdict::healthy(
             improved,
-            reason: format!(
+            format!(
+                "{}; {brief}; {n}",
+                if improved {
+                    "no harm shown, faster"
+                } else {
+                    "no harm shown"
+                }
+            ),
+            format!(
                 "{head}: no harm shown ({}){srm}; {goal}",
                 family.summary(candidate)
             ),
-        }
+        )
     }
 
     fn check_alone(
@@ -736,34 +765,41 @@ impl Policy for Sequential {
         variant: usize,
     ) -> Verdict {
         if let Err(reason) = raw_windows(spec, obs) {
-            return Verdict::Inconclusive { reason };
+            return Verdict::inconclusive("no raw windows from the metric source", reason);
         }
         let name = &spec.variants[variant].name;
         let head = format!("{name} on its own (the baseline serves nothing this period)");
         let family = self.alone(spec, obs, variant);
         if let Some(harm) = family.harm(variant) {
-            return Verdict::Regressed {
-                reason: format!("{head}: harm shown with confidence: {harm}"),
-            };
+            return Verdict::regressed(
+                family.harm_brief(variant),
+                format!("{head}: harm shown with confidence: {harm}"),
+            );
         }
         let need = min_samples(spec);
         let have = obs.stats[variant].count;
         if have < need {
-            return Verdict::Inconclusive {
-                reason: format!(
+            return Verdict::inconclusive(
+                format!("not enough data ({name} {have}/{need} requests)"),
+                format!(
                     "not enough data: {name} has {have} requests in this period, fewer than minSamples {need}"
                 ),
-            };
+            );
         }
         if let Some(missing) = family.missing(variant) {
-            return Verdict::Inconclusive {
-                reason: format!("not enough data for {head}: {missing}"),
-            };
+            return Verdict::inconclusive(
+                format!(
+                    "not enough data ({} guardrail(s) of {name} untested)",
+                    family.untested(variant)
+                ),
+                format!("not enough data for {head}: {missing}"),
+            );
         }
-        Verdict::Healthy {
-            improved: false,
-            reason: format!("{head}: no harm shown ({})", family.summary(variant)),
-        }
+        Verdict::healthy(
+            false,
+            format!("no harm shown on its own; n {have}"),
+            format!("{head}: no harm shown ({})", family.summary(variant)),
+        )
     }
 
     /// Healthy: no guardrail shows harm once every one is tested (see the type's docs).
@@ -974,6 +1010,8 @@ enum Outcome {
 /// The numbers of one tested guardrail.
 #[derive(Debug, Clone)]
 struct Evidence {
+    /// The guardrail, as a summary names it: `error rate`.
+    label: &'static str,
     /// What was compared: `error rate 8% (40/500) vs 0.2% (9/4500)`.
     figures: String,
     estimate: f64,
@@ -1011,6 +1049,17 @@ impl Unit {
 }
 
 impl Evidence {
+    /// `error rate +13.2 points (lower bound +5.1 points); n 91 vs 592`.
+    fn brief(&self) -> String {
+        let estimate = self.unit.show(self.estimate);
+        format!(
+            "{} {estimate} (lower bound {}); {}",
+            self.label,
+            self.unit.show(self.bound),
+            self.counts
+        )
+    }
+
     fn describe(&self) -> String {
         let estimate = match self.unit {
             Unit::Rate => String::new(),
@@ -1108,6 +1157,25 @@ impl Family {
         (!harmed.is_empty()).then(|| format!("{} ({})", harmed.join("; "), self.footer()))
     }
 
+    /// [`Family::harm`] in a few words.
+    fn harm_brief(&self, v: usize) -> String {
+        let harmed: Vec<String> = self
+            .of(v)
+            .filter_map(|o| match o {
+                Outcome::Tested(e) if e.adjusted < self.alpha => Some(e.brief()),
+                _ => None,
+            })
+            .collect();
+        harmed.join("; ")
+    }
+
+    /// How many of `v`'s guardrails are not tested yet for want of data.
+    fn untested(&self, v: usize) -> usize {
+        self.of(v)
+            .filter(|o| matches!(o, Outcome::NotEnoughData(_)))
+            .count()
+    }
+
     /// What `v` still lacks before every guardrail is tested, if anything.
     fn missing(&self, v: usize) -> Option<String> {
         let missing: Vec<&str> = self
@@ -1152,6 +1220,15 @@ struct Goal {
 }
 
 impl Goal {
+    /// `p95 -34% (upper bound -30%)`.
+    fn brief(&self) -> String {
+        format!(
+            "p95 {} (upper bound {})",
+            signed_pct(self.estimate),
+            signed_pct(self.upper)
+        )
+    }
+
     /// As the healthy verdict prints it: the one-sided improvement test.
     fn improvement(&self, alpha: f64) -> String {
         let improved = self.adjusted < alpha;

@@ -10,7 +10,10 @@ use crate::split::{all_to, next_canary_weight, ramp};
 use crate::state::{ExperimentState, Phase};
 
 /// What the controller does at one interval. Each carries its reason, in words and the
-/// numbers behind it.
+/// numbers behind it, and a one-line `summary` to read at a glance: the action and the
+/// one or two figures that decided it (`ramp v1-1 20% → 30%: no harm shown; p95 -34%
+/// (upper bound -30%); n 111/412`). Decisions recorded before summaries existed read
+/// back with an empty one; [`Decision::summary`] then gives the reason.
 #[must_use = "a decision does nothing until it is recorded and applied"]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -19,6 +22,9 @@ pub enum Decision {
     Hold {
         /// Why.
         reason: String,
+        /// The decision in one line.
+        #[serde(default)]
+        summary: String,
     },
     /// Put a new split in force (a canary step, a blue-green switch). Percentages,
     /// indexed like `Experiment::variants`. Starts a new period.
@@ -27,6 +33,9 @@ pub enum Decision {
         weights: Vec<u32>,
         /// Why.
         reason: String,
+        /// The decision in one line.
+        #[serde(default)]
+        summary: String,
     },
     /// Send all traffic to `variant`; the experiment ends promoted.
     Promote {
@@ -34,11 +43,17 @@ pub enum Decision {
         variant: String,
         /// Why.
         reason: String,
+        /// The decision in one line.
+        #[serde(default)]
+        summary: String,
     },
     /// Send all traffic to the declared baseline; the experiment ends rolled back.
     Rollback {
         /// Why.
         reason: String,
+        /// The decision in one line.
+        #[serde(default)]
+        summary: String,
     },
     /// The planned end: a verdict naming the winner the policy found ([`Policy::winner`]:
     /// the seed's score for `classic`, the goal metric's confidence sequence for
@@ -49,6 +64,9 @@ pub enum Decision {
         winner: Option<String>,
         /// Why.
         reason: String,
+        /// The decision in one line.
+        #[serde(default)]
+        summary: String,
     },
 }
 
@@ -67,11 +85,83 @@ impl Decision {
     /// Why this decision was taken.
     pub fn reason(&self) -> &str {
         match self {
-            Decision::Hold { reason }
+            Decision::Hold { reason, .. }
             | Decision::SetWeights { reason, .. }
             | Decision::Promote { reason, .. }
-            | Decision::Rollback { reason }
+            | Decision::Rollback { reason, .. }
             | Decision::Finish { reason, .. } => reason,
+        }
+    }
+
+    /// The decision in one line; the reason when it has no summary (a decision recorded
+    /// before summaries existed).
+    pub fn summary(&self) -> &str {
+        let summary = match self {
+            Decision::Hold { summary, .. }
+            | Decision::SetWeights { summary, .. }
+            | Decision::Promote { summary, .. }
+            | Decision::Rollback { summary, .. }
+            | Decision::Finish { summary, .. } => summary,
+        };
+        if summary.is_empty() {
+            self.reason()
+        } else {
+            summary
+        }
+    }
+
+    /// [`Decision::Hold`].
+    pub fn hold(summary: impl Into<String>, reason: impl Into<String>) -> Self {
+        Decision::Hold {
+            reason: reason.into(),
+            summary: summary.into(),
+        }
+    }
+
+    /// [`Decision::SetWeights`].
+    pub fn set_weights(
+        weights: Vec<u32>,
+        summary: impl Into<String>,
+        reason: impl Into<String>,
+    ) -> Self {
+        Decision::SetWeights {
+            weights,
+            reason: reason.into(),
+            summary: summary.into(),
+        }
+    }
+
+    /// [`Decision::Promote`].
+    pub fn promote(
+        variant: impl Into<String>,
+        summary: impl Into<String>,
+        reason: impl Into<String>,
+    ) -> Self {
+        Decision::Promote {
+            variant: variant.into(),
+            reason: reason.into(),
+            summary: summary.into(),
+        }
+    }
+
+    /// [`Decision::Rollback`].
+    pub fn rollback(summary: impl Into<String>, reason: impl Into<String>) -> Self {
+        Decision::Rollback {
+            reason: reason.into(),
+            summary: summary.into(),
+        }
+    }
+
+    /// [`Decision::Finish`].
+    pub fn finish(
+        winner: Option<String>,
+        summary: impl Into<String>,
+        reason: impl Into<String>,
+    ) -> Self {
+        Decision::Finish {
+            winner,
+            reason: reason.into(),
+            summary: summary.into(),
         }
     }
 
@@ -179,15 +269,18 @@ pub fn step_with(
     obs: &Observations,
     now: u64,
 ) -> Decision {
-    let hold = |reason: String| Decision::Hold { reason };
     if state.phase.is_terminal() {
-        return hold(format!(
-            "the experiment has ended ({}); nothing to decide",
-            state.phase
-        ));
+        return Decision::hold(
+            format!("hold: ended ({})", state.phase),
+            format!(
+                "the experiment has ended ({}); nothing to decide",
+                state.phase
+            ),
+        );
     }
+    let cannot = |reason: String| Decision::hold("hold: cannot analyse", reason);
     if let Err(e) = state.check(spec) {
-        return hold(format!("cannot analyse: {e}"));
+        return cannot(format!("cannot analyse: {e}"));
     }
     let cx = Cx {
         policy,
@@ -197,16 +290,19 @@ pub fn step_with(
         now,
     };
     if state.phase == Phase::Paused {
-        return hold(format!(
-            "paused; the split {} stays in force",
-            cx.split(&state.percentages())
-        ));
+        return Decision::hold(
+            "hold: paused",
+            format!(
+                "paused; the split {} stays in force",
+                cx.split(&state.percentages())
+            ),
+        );
     }
     if let Some(mismatch) = obs.mismatch(spec) {
-        return hold(format!("cannot analyse: {mismatch}"));
+        return cannot(format!("cannot analyse: {mismatch}"));
     }
     if obs.from < state.period_started_at {
-        return hold(format!(
+        return cannot(format!(
             "cannot analyse: observations start at {}, before period {} began at {} (they would mix two splits)",
             fmt::iso(obs.from),
             state.period,
@@ -295,6 +391,14 @@ fn put_in_force(state: &mut ExperimentState, weights: Vec<u32>, now: u64) -> boo
     true
 }
 
+/// `finish: winner v1-1`, `finish: no winner`.
+fn finish_summary(winner: Option<&str>) -> String {
+    match winner {
+        Some(w) => format!("finish: winner {w}"),
+        None => "finish: no winner".to_owned(),
+    }
+}
+
 /// One step's inputs.
 struct Cx<'a> {
     policy: &'a dyn Policy,
@@ -339,21 +443,30 @@ impl Cx<'_> {
         )
     }
 
-    fn rollback(&self, why: &str) -> Decision {
-        Decision::Rollback {
-            reason: format!(
-                "{why}; rolling back: all traffic to baseline {}",
+    fn rollback(&self, verdict: &Verdict) -> Decision {
+        Decision::rollback(
+            format!("roll back: {}", verdict.summary()),
+            format!(
+                "{}; rolling back: all traffic to baseline {}",
+                verdict.reason(),
                 self.name(self.spec.baseline)
             ),
-        }
+        )
+    }
+
+    /// `hold 90/10: not enough data (v1-1 23/40 requests)`.
+    fn hold(&self, verdict: &Verdict, reason: String) -> Decision {
+        Decision::hold(format!("hold: {}", verdict.summary()), reason)
     }
 
     fn finish(&self, extra: &str) -> Decision {
         let pick = self.policy.winner(self.spec, self.state, self.obs);
-        Decision::Finish {
-            winner: pick.winner.map(|i| self.name(i).to_owned()),
-            reason: format!("{}: {}{extra}", self.end_reached(), pick.reason),
-        }
+        let winner = pick.winner.map(|i| self.name(i).to_owned());
+        Decision::finish(
+            winner.clone(),
+            finish_summary(winner.as_deref()),
+            format!("{}: {}{extra}", self.end_reached(), pick.reason),
+        )
     }
 
     fn canary(&self) -> Decision {
@@ -362,28 +475,30 @@ impl Cx<'_> {
             .map(|c| (c, self.policy.judge(self.spec, self.state, self.obs, c)))
             .collect();
         if let Some((_, v)) = verdicts.iter().find(|(_, v)| v.is_regressed()) {
-            return self.rollback(v.reason());
+            return self.rollback(v);
         }
         let in_force = self.state.percentages();
         if !self.ended() {
             if let Some((_, v)) = verdicts.iter().find(|(_, v)| v.is_halted()) {
-                return Decision::Hold {
-                    reason: format!(
+                return self.hold(
+                    v,
+                    format!(
                         "{}; holding {}; {}",
                         v.reason(),
                         self.split(&in_force),
                         self.time_left()
                     ),
-                };
+                );
             }
         }
         if let Some((c, v)) = verdicts
             .iter()
             .find(|(c, v)| in_force[*c] >= plan.max_weight && v.is_healthy())
         {
-            return Decision::Promote {
-                variant: self.name(*c).to_owned(),
-                reason: format!(
+            return Decision::promote(
+                self.name(*c),
+                format!("promote {}: {}", self.name(*c), v.summary()),
+                format!(
                     "candidate {} held {}% (maxWeight {}) through period {} and stayed healthy: {}",
                     self.name(*c),
                     in_force[*c],
@@ -391,30 +506,41 @@ impl Cx<'_> {
                     self.state.period,
                     v.reason()
                 ),
-            };
+            );
         }
         if self.ended() {
             return self.finish("");
         }
         let mut split = in_force.clone();
         let mut moves = Vec::new();
+        let mut briefs = Vec::new();
         for (c, v) in &verdicts {
             let current = split[*c];
-            let (target, why) = if current == 0 {
+            let (target, why, brief) = if current == 0 {
                 (
                     next_canary_weight(plan, 0),
                     format!(
                         "candidate {} has no traffic yet: starting the ramp",
                         self.name(*c)
                     ),
+                    "starting the ramp".to_owned(),
                 )
             } else if self.policy.ready_to_ramp(v) {
-                (next_canary_weight(plan, current), v.reason().to_owned())
+                (
+                    next_canary_weight(plan, current),
+                    v.reason().to_owned(),
+                    v.summary().to_owned(),
+                )
             } else {
                 continue;
             };
             let Some(target) = target else { continue };
             if let Some(next) = ramp(&split, self.spec.baseline, *c, target) {
+                briefs.push(format!(
+                    "ramp {} {current}% → {}%: {brief}",
+                    self.name(*c),
+                    next[*c]
+                ));
                 moves.push(format!(
                     "{why}; {} {current}% → {}% ({})",
                     self.name(*c),
@@ -432,45 +558,45 @@ impl Cx<'_> {
             }
         }
         if !moves.is_empty() {
-            return Decision::SetWeights {
-                reason: format!("{}; new split {}", moves.join("; "), self.split(&split)),
-                weights: split,
-            };
+            let reason = format!("{}; new split {}", moves.join("; "), self.split(&split));
+            return Decision::set_weights(split, briefs.join("; "), reason);
         }
         let verdict = fold(verdicts.into_iter().map(|(_, v)| v));
-        Decision::Hold {
-            reason: format!(
+        self.hold(
+            &verdict,
+            format!(
                 "{}; holding {}; {}",
                 verdict.reason(),
                 self.split(&in_force),
                 self.time_left()
             ),
-        }
+        )
     }
 
     fn abtest(&self) -> Decision {
         let verdict = self.policy.analyze(self.spec, self.state, self.obs);
         if verdict.is_regressed() {
-            return self.rollback(verdict.reason());
+            return self.rollback(&verdict);
         }
         if self.ended() {
             return self.finish("");
         }
-        Decision::Hold {
-            reason: format!(
+        self.hold(
+            &verdict,
+            format!(
                 "{}; fixed split {}; {}",
                 verdict.reason(),
                 self.split(&self.state.percentages()),
                 self.time_left()
             ),
-        }
+        )
     }
 
     fn bandit(&self) -> Decision {
         let plan = &self.spec.bandit;
         let verdict = self.policy.analyze(self.spec, self.state, self.obs);
         if verdict.is_regressed() {
-            return self.rollback(verdict.reason());
+            return self.rollback(&verdict);
         }
         let in_force = self.state.percentages();
         let head = format!(
@@ -481,14 +607,16 @@ impl Cx<'_> {
             Ok(p) => p,
             Err(why) => {
                 return if self.ended() {
-                    Decision::Finish {
-                        winner: None,
-                        reason: format!("{}: no winner: {why}", self.end_reached()),
-                    }
+                    Decision::finish(
+                        None,
+                        finish_summary(None),
+                        format!("{}: no winner: {why}", self.end_reached()),
+                    )
                 } else {
-                    Decision::Hold {
-                        reason: format!("{head}: {why}; holding {}", self.split(&in_force)),
-                    }
+                    Decision::hold(
+                        "hold: no rewards to update on",
+                        format!("{head}: {why}; holding {}", self.split(&in_force)),
+                    )
                 };
             }
         };
@@ -496,14 +624,16 @@ impl Cx<'_> {
         if verdict.is_halted() {
             let why = format!("{}; no weight update and no winner", verdict.reason());
             return if ended {
-                Decision::Finish {
-                    winner: None,
-                    reason: format!("{}: {why}", self.end_reached()),
-                }
+                Decision::finish(
+                    None,
+                    format!("finish: no winner; {}", verdict.summary()),
+                    format!("{}: {why}", self.end_reached()),
+                )
             } else {
-                Decision::Hold {
-                    reason: format!("{head}: {why}; holding {}", self.split(&in_force)),
-                }
+                self.hold(
+                    &verdict,
+                    format!("{head}: {why}; holding {}", self.split(&in_force)),
+                )
             };
         }
         let short: Vec<String> = period
@@ -522,32 +652,48 @@ impl Cx<'_> {
                     format!("{} {}", self.name(i), crate::bandit::describe_reward(t, p))
                 })
                 .collect();
-            let why = if short.is_empty() {
-                format!("guardrails first: {}", verdict.reason())
+            let (why, brief) = if short.is_empty() {
+                (
+                    format!("guardrails first: {}", verdict.reason()),
+                    format!("hold: {}", verdict.summary()),
+                )
             } else {
-                format!(
-                    "reward units this period {}, fewer than bandit.minSamples {} for every arm",
-                    short.join(", "),
-                    plan.min_samples
+                (
+                    format!(
+                        "reward units this period {}, fewer than bandit.minSamples {} for every arm",
+                        short.join(", "),
+                        plan.min_samples
+                    ),
+                    format!(
+                        "hold: not enough data ({} of bandit.minSamples {})",
+                        short.join(", "),
+                        plan.min_samples
+                    ),
                 )
             };
-            return Decision::Hold {
-                reason: format!(
+            return Decision::hold(
+                brief,
+                format!(
                     "{head}: not updating ({why}); rewards {}; holding {}; {}",
                     sums.join(", "),
                     self.split(&in_force),
                     self.time_left()
                 ),
-            };
+            );
         }
         let look = match crate::bandit::look(self.spec, self.state, period) {
             Ok(l) => l,
             Err(why) => {
-                return Decision::Hold {
-                    reason: format!("{head}: {why}; holding {}", self.split(&in_force)),
-                }
+                return Decision::hold(
+                    "hold: cannot sample the posterior",
+                    format!("{head}: {why}; holding {}", self.split(&in_force)),
+                )
             }
         };
+        let best: Vec<String> = (0..self.spec.variants.len())
+            .map(|i| format!("{} {}", self.name(i), fmt::num(look.probability_best[i], 2)))
+            .collect();
+        let best = format!("P(best) {}", best.join(", "));
         let arms: Vec<String> = (0..self.spec.variants.len())
             .map(|i| {
                 format!(
@@ -568,136 +714,161 @@ impl Cx<'_> {
             look.rule
         );
         if ended {
-            return Decision::Finish {
-                winner: look.winner.map(|w| self.name(w).to_owned()),
-                reason: format!(
+            let winner = look.winner.map(|w| self.name(w).to_owned());
+            return Decision::finish(
+                winner.clone(),
+                format!("{}; {best}", finish_summary(winner.as_deref())),
+                format!(
                     "{}: {}; guardrails: {}",
                     self.end_reached(),
                     numbers,
                     verdict.reason()
                 ),
-            };
+            );
         }
         if let Some(w) = look.winner {
-            return Decision::Promote {
-                variant: self.name(w).to_owned(),
-                reason: format!(
+            return Decision::promote(
+                self.name(w),
+                format!("promote {}: {best}", self.name(w)),
+                format!(
                     "winner {}: {numbers}; guardrails: {}",
                     self.name(w),
                     verdict.reason()
                 ),
-            };
+            );
         }
         if look.weights != in_force {
-            return Decision::SetWeights {
-                reason: format!(
-                    "{numbers}; new split {}; guardrails: {}",
-                    self.split(&look.weights),
-                    verdict.reason()
+            let reason = format!(
+                "{numbers}; new split {}; guardrails: {}",
+                self.split(&look.weights),
+                verdict.reason()
+            );
+            return Decision::set_weights(
+                look.weights.clone(),
+                format!(
+                    "reweight {} → {}: {best}",
+                    self.split(&in_force),
+                    self.split(&look.weights)
                 ),
-                weights: look.weights,
-            };
+                reason,
+            );
         }
-        Decision::Hold {
-            reason: format!(
+        Decision::hold(
+            format!("hold {}: {best}", self.split(&in_force)),
+            format!(
                 "{numbers}; the split {} stays; guardrails: {}; {}",
                 self.split(&in_force),
                 verdict.reason(),
                 self.time_left()
             ),
-        }
+        )
     }
 
     fn bluegreen(&self) -> Decision {
         let blue = self.spec.baseline;
         let Some(green) = candidates(self.spec).next() else {
-            return Decision::Hold {
-                reason: "no green variant to switch to".to_owned(),
-            };
+            return Decision::hold("hold: no green variant", "no green variant to switch to");
         };
         let in_force = self.state.percentages();
         let verdict = self.policy.judge(self.spec, self.state, self.obs, green);
         if in_force[green] < 100 {
             if verdict.is_regressed() {
-                return self.rollback(&format!(
-                    "pre-switch check of green {}: {}",
-                    self.name(green),
-                    verdict.reason()
-                ));
+                return Decision::rollback(
+                    format!("roll back (stay blue): {}", verdict.summary()),
+                    format!(
+                        "pre-switch check of green {}: {}; rolling back: all traffic to baseline {}",
+                        self.name(green),
+                        verdict.reason(),
+                        self.name(blue)
+                    ),
+                );
             }
             let check = match &verdict {
-                Verdict::Halted { reason } => {
-                    return Decision::Hold {
-                        reason: format!(
+                Verdict::Halted { reason, summary } => {
+                    return Decision::hold(
+                        format!("hold blue: {summary}"),
+                        format!(
                             "pre-switch check of green {}: {reason}; blue {} keeps all traffic; {}",
                             self.name(green),
                             self.name(blue),
                             self.time_left()
                         ),
-                    };
+                    );
                 }
-                Verdict::Inconclusive { reason } => format!("no pre-switch check ({reason})"),
+                Verdict::Inconclusive { reason, .. } => format!("no pre-switch check ({reason})"),
                 v => format!("pre-switch check passed: {}", v.reason()),
             };
-            return Decision::SetWeights {
-                weights: all_to(self.spec, green),
-                reason: format!(
+            return Decision::set_weights(
+                all_to(self.spec, green),
+                format!(
+                    "switch to green {}: {}",
+                    self.name(green),
+                    verdict.summary()
+                ),
+                format!(
                     "{check}; switching all traffic from blue {} to green {} at once",
                     self.name(blue),
                     self.name(green)
                 ),
-            };
+            );
         }
         if verdict.is_regressed() {
-            return Decision::Rollback {
-                reason: format!(
+            return Decision::rollback(
+                format!("switch back to blue: {}", verdict.summary()),
+                format!(
                     "{}; switching back: all traffic to blue {}",
                     verdict.reason(),
                     self.name(blue)
                 ),
-            };
+            );
         }
         if self.ended() {
             return match verdict {
-                Verdict::Healthy { reason, .. } => Decision::Promote {
-                    variant: self.name(green).to_owned(),
-                    reason: format!(
+                Verdict::Healthy {
+                    reason, summary, ..
+                } => Decision::promote(
+                    self.name(green),
+                    format!("promote {}: {summary}", self.name(green)),
+                    format!(
                         "{}, green {} healthy on all traffic: {reason}",
                         self.end_reached(),
                         self.name(green)
                     ),
-                },
-                v => Decision::Finish {
-                    winner: None,
-                    reason: format!(
+                ),
+                v => Decision::finish(
+                    None,
+                    format!("finish: no winner; {}", v.summary()),
+                    format!(
                         "{} without evidence on green {} ({}); green keeps all traffic until someone promotes or rolls back",
                         self.end_reached(),
                         self.name(green),
                         v.reason()
                     ),
-                },
+                ),
             };
         }
-        Decision::Hold {
-            reason: format!(
+        self.hold(
+            &verdict,
+            format!(
                 "green {} has all traffic: {}; {}",
                 self.name(green),
                 verdict.reason(),
                 self.time_left()
             ),
-        }
+        )
     }
 
     fn mirror(&self) -> Decision {
         let baseline = self.spec.baseline;
         if self.state.percentages()[baseline] != 100 {
-            return Decision::SetWeights {
-                weights: all_to(self.spec, baseline),
-                reason: format!(
+            return Decision::set_weights(
+                all_to(self.spec, baseline),
+                format!("all users to baseline {} (mirror)", self.name(baseline)),
+                format!(
                     "mirror: users see only baseline {}; the candidates get a shadow copy",
                     self.name(baseline)
                 ),
-            };
+            );
         }
         let verdict = self.policy.analyze(self.spec, self.state, self.obs);
         let outputs: Vec<String> = self
@@ -721,13 +892,14 @@ impl Cx<'_> {
         } else {
             ""
         };
-        Decision::Hold {
-            reason: format!(
+        Decision::hold(
+            format!("hold: shadow {}", verdict.summary()),
+            format!(
                 "shadow comparison: {}{note}; {outputs}; {}",
                 verdict.reason(),
                 self.time_left()
             ),
-        }
+        )
     }
 }
 

@@ -13,6 +13,7 @@ use crate::StateError;
 const MIGRATIONS: &[&str] = &[
     include_str!("schema/001_initial.sql"),
     include_str!("schema/002_feedback.sql"),
+    include_str!("schema/003_decision_summary.sql"),
 ];
 
 /// The schema version this build reads and writes.

@@ -61,8 +61,11 @@ pub struct DecisionRow {
     pub at: u64,
     /// The decision's kind, such as `SetWeights` or `Rollback`.
     pub kind: String,
-    /// Why, in a sentence.
+    /// Why, in full.
     pub reason: String,
+    /// The decision in one line (empty for decisions recorded before summaries were).
+    #[serde(default)]
+    pub summary: String,
     /// The variants' weights before the decision.
     pub weights_before: Vec<u32>,
     /// The variants' weights the decision sets (equal to `weights_before` for a hold).
@@ -260,9 +263,9 @@ impl Store {
             |row| row.get(0),
         )?;
         tx.execute(
-            "INSERT INTO decisions (experiment_id, seq, revision, at, kind, reason,
+            "INSERT INTO decisions (experiment_id, seq, revision, at, kind, reason, summary,
                                     weights_before, weights_after, observations, applied)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 0)",
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 0)",
             params![
                 id,
                 seq,
@@ -270,6 +273,7 @@ impl Store {
                 decision.at,
                 decision.kind,
                 decision.reason,
+                decision.summary,
                 weights_before,
                 weights_after,
                 observations,
@@ -536,7 +540,7 @@ impl RawExperiment {
 
 const SELECT_DECISION: &str = "SELECT d.experiment_id, d.seq, d.at, d.kind, d.reason,
                                       d.weights_before, d.weights_after, d.observations,
-                                      d.applied
+                                      d.applied, d.summary
                                FROM decisions d";
 
 /// A decisions row before its JSON is parsed.
@@ -550,6 +554,7 @@ struct RawDecision {
     weights_after: String,
     observations: String,
     applied: bool,
+    summary: String,
 }
 
 impl RawDecision {
@@ -564,6 +569,7 @@ impl RawDecision {
             weights_after: row.get(6)?,
             observations: row.get(7)?,
             applied: row.get(8)?,
+            summary: row.get(9)?,
         })
     }
 
@@ -572,6 +578,7 @@ impl RawDecision {
             at: self.at,
             kind: self.kind,
             reason: self.reason,
+            summary: self.summary,
             weights_before: serde_json::from_str(&self.weights_before)?,
             weights_after: serde_json::from_str(&self.weights_after)?,
             observations: serde_json::from_str(&self.observations)?,

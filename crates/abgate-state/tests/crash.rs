@@ -63,6 +63,7 @@ fn crash_writer_child(path: &std::ffi::OsStr) {
             }
             .to_owned(),
             reason: format!("step {step}"),
+            summary: format!("step {step}"),
             weights_before: before,
             weights_after: after.clone(),
             observations: json!({"step": step}),

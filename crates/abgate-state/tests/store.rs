@@ -18,6 +18,7 @@ fn decision(at: u64, kind: &str, before: [u32; 2], after: [u32; 2]) -> DecisionR
         at,
         kind: kind.to_owned(),
         reason: format!("{kind} at {at}"),
+        summary: format!("{kind}: summary"),
         weights_before: before.to_vec(),
         weights_after: after.to_vec(),
         observations: json!({"error_rate": [0.01, 0.02], "n": at}),
@@ -526,7 +527,7 @@ fn migrations_run_once_however_often_the_file_is_opened() {
         .unwrap()
         .collect::<Result<_, _>>()
         .unwrap();
-    assert_eq!(versions, [1, 2]);
+    assert_eq!(versions, [1, 2, 3]);
     assert_eq!(
         Store::open(&path)
             .unwrap()
@@ -550,7 +551,7 @@ fn a_database_from_a_newer_schema_is_refused() {
     match Store::open(&path) {
         Err(StateError::SchemaTooNew {
             found: 99,
-            supported: 2,
+            supported: 3,
         }) => {}
         other => panic!("expected SchemaTooNew, got {other:?}"),
     }
@@ -609,4 +610,54 @@ fn feedback_sums_per_variant_over_a_range_and_refuses_bad_scores() {
         store.record_feedback("x", 60, "a", 0.5, None),
         Err(StateError::NotFound(_))
     ));
+}
+
+#[test]
+fn a_file_from_before_decision_summaries_opens_and_keeps_its_decisions() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = db(&dir);
+    // A version-2 file, as the previous release wrote it: its migrations only.
+    let conn = raw(&path);
+    conn.execute_batch(
+        "CREATE TABLE schema_version (version INTEGER NOT NULL PRIMARY KEY) STRICT;
+         INSERT INTO schema_version (version) VALUES (1), (2);",
+    )
+    .unwrap();
+    conn.execute_batch(include_str!("../src/schema/001_initial.sql"))
+        .unwrap();
+    conn.execute_batch(include_str!("../src/schema/002_feedback.sql"))
+        .unwrap();
+    conn.execute(
+        "INSERT INTO experiments (id, spec, state, revision, created_at, updated_at)
+         VALUES ('old', '{}', '{}', 2, 1, 2)",
+        [],
+    )
+    .unwrap();
+    conn.execute(
+        "INSERT INTO decisions (experiment_id, seq, revision, at, kind, reason,
+                                weights_before, weights_after, observations, applied)
+         VALUES ('old', 1, 2, 2, 'rollback', 'the full old reason', '[90,10]', '[100,0]', '{}', 1)",
+        [],
+    )
+    .unwrap();
+    drop(conn);
+
+    let store = Store::open(&path).unwrap();
+    let decisions = store.decisions("old").unwrap();
+    assert_eq!(decisions.len(), 1);
+    let (seq, row, applied) = &decisions[0];
+    assert_eq!((*seq, *applied), (1, true));
+    assert_eq!(row.reason, "the full old reason");
+    assert_eq!(row.summary, "");
+    assert_eq!(row.weights_after, vec![100, 0]);
+
+    // New decisions on the migrated file carry their summary.
+    let state = store.experiment("old").unwrap().unwrap();
+    let mut next = decision(3, "hold", [100, 0], [100, 0]);
+    next.summary = "hold: not enough data".to_owned();
+    store
+        .record_decision("old", state.revision, &next, &json!({}))
+        .unwrap();
+    let decisions = Store::open(&path).unwrap().decisions("old").unwrap();
+    assert_eq!(decisions[1].1.summary, "hold: not enough data");
 }

@@ -201,6 +201,7 @@ impl ExperimentsApi {
             (&Method::POST, ["experiments", id, "rollback"]) => {
                 let rollback = Decision::Rollback {
                     reason: "rolled back by an operator".into(),
+                    summary: "roll back: by an operator".into(),
                 };
                 json!(controller.operate(id, rollback).await?)
             }
@@ -279,6 +280,7 @@ impl ExperimentsApi {
         let decision = Decision::SetWeights {
             weights,
             reason: "split set by an operator".into(),
+            summary: "split set by an operator".into(),
         };
         Ok(json!(self.controller.operate(id, decision).await?))
     }
@@ -311,6 +313,7 @@ impl ExperimentsApi {
         let decision = Decision::Promote {
             variant,
             reason: "promoted by an operator".into(),
+            summary: "promote: by an operator".into(),
         };
         Ok(json!(self.controller.operate(id, decision).await?))
     }

@@ -292,8 +292,9 @@ async fn watch_progress(
             },
             summary.phase
         );
+        // A new decision (or analysis) prints its summary; the report keeps the reasons.
         if summary.last_reason != last_reason && !summary.last_reason.is_empty() {
-            println!("        decision: {}", summary.last_reason);
+            println!("        decision: {}", summary.last_summary);
             last_reason = summary.last_reason.clone();
         }
         if summary.phase.is_terminal() {

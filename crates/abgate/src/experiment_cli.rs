@@ -342,7 +342,10 @@ fn print_detail(summary: &Value, report: Option<&Value>) {
         }
     }
     println!();
-    println!("last decision: {}", text(&summary["last_reason"]));
+    println!("last decision: {}", last_summary(summary));
+    if let Some(reason) = summary["last_reason"].as_str().filter(|r| !r.is_empty()) {
+        println!("  why: {reason}");
+    }
     let decisions = report
         .and_then(|r| r["decisions"].as_array())
         .cloned()
@@ -351,12 +354,16 @@ fn print_detail(summary: &Value, report: Option<&Value>) {
         println!();
         println!("DECISIONS (latest last)");
         for d in decisions.iter().rev().take(5).rev() {
+            let headline = d["summary"]
+                .as_str()
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(|| d["reason"].as_str().unwrap_or("—"));
             println!(
-                "  period {:<3} {:<12} {}",
+                "  period {:<3} {:<12} {headline}",
                 d["period"],
-                text(&d["kind"]),
-                text(&d["reason"])
+                text(&d["kind"])
             );
+            println!("      why: {}", text(&d["reason"]));
         }
     }
 }
@@ -382,9 +389,19 @@ fn print_table(items: &[Value]) {
             item["strategy"].as_str().unwrap_or("?"),
             item["phase"].as_str().unwrap_or("?"),
             split,
-            item["last_reason"].as_str().unwrap_or("")
+            last_summary(item)
         );
     }
+}
+
+/// An experiment's last decision in one line: its summary, else its reason (from a
+/// gateway that gives no summary).
+fn last_summary(item: &Value) -> &str {
+    item["last_summary"]
+        .as_str()
+        .filter(|s| !s.is_empty())
+        .or_else(|| item["last_reason"].as_str())
+        .unwrap_or("")
 }
 
 /// A YAML or JSON file as a JSON document (the first document of a YAML stream).

@@ -110,7 +110,7 @@ fn decision_log(stdout: &str) -> Vec<(String, String)> {
         .filter(|l| l.starts_with("| ") && l[2..].starts_with(|c: char| c.is_ascii_digit()))
         .map(|l| {
             let cells: Vec<&str> = l.split('|').map(str::trim).collect();
-            (cells[4].to_owned(), cells[5].to_owned())
+            (cells[5].to_owned(), cells[6].to_owned())
         })
         .collect()
 }
@@ -155,7 +155,7 @@ fn demo_regression_rolls_back_to_the_baseline() {
         "the request count grows: {context}"
     );
     assert!(
-        stdout.contains("decision: ") && stdout.contains("rolling back"),
+        stdout.contains("decision: roll back: ") && stdout.contains("rolling back"),
         "{context}"
     );
 

@@ -129,6 +129,12 @@ fn below_min_samples_is_not_enough_data_even_for_a_bad_candidate() {
         v.reason(),
         "not enough data: candidate v1-1 has 99 requests in this period, baseline v1-0 1000; minSamples is 100 each"
     );
+    assert_eq!(v.summary(), "not enough data (v1-1 99/100 requests)");
+    // With the split the counts came in (no sample ratio mismatch), the step holds.
+    let mut shared = state.clone();
+    shared.weights = vec![91, 9];
+    let d = step(&spec, &shared, &obs, T0 + MINUTE);
+    assert_eq!(d.summary(), "hold: not enough data (v1-1 99/100 requests)");
     // At minSamples the circuit breaker sees it.
     let obs = pair(
         &spec,
@@ -189,6 +195,15 @@ fn a_higher_error_rate_shown_with_confidence_rolls_back() {
         "{r}"
     );
     assert!(!r.contains("circuit breaker"), "{r}");
+    let brief = v.summary();
+    assert!(
+        brief.starts_with("error rate +3 points (lower bound +")
+            && brief.ends_with("); n 3000 vs 3000"),
+        "{brief}"
+    );
+    let d = step(&spec, &state, &obs, T0 + MINUTE);
+    assert_eq!(d.summary(), format!("roll back: {brief}"));
+    assert!(d.reason().starts_with(r), "{}", d.reason());
     // The same rates with a tenth of the data show nothing yet.
     let obs = pair(
         &spec,
@@ -527,9 +542,28 @@ fn the_canary_steps_on_no_harm_and_promotes_at_max_weight() {
             (u64::from(shares[1]) * 20, 1, 600.0, Some(40.0)),
         );
         let d = step(&spec, &state, &obs, now);
-        if let Decision::SetWeights { reason, .. } = &d {
+        if let Decision::SetWeights {
+            reason, summary, ..
+        } = &d
+        {
             assert!(reason.contains("no harm shown"), "{reason}");
             assert!(reason.contains("not improved"), "{reason}");
+            // `ramp v1-1 30% → 40%: no harm shown; p95 +0% (upper bound +4%); n 600/1400`.
+            let (from, to) = (shares[1], shares[1] + 10);
+            assert!(
+                summary.starts_with(&format!("ramp v1-1 {from}% → {to}%: no harm shown; p95 ")),
+                "{summary}"
+            );
+            assert!(summary.contains("(upper bound "), "{summary}");
+            assert!(
+                summary.ends_with(&format!(
+                    "; n {}/{}",
+                    u64::from(shares[1]) * 20,
+                    u64::from(shares[0]) * 20
+                )),
+                "{summary}"
+            );
+            assert!(!summary.contains('\n') && summary.len() < reason.len() / 3);
         }
         kinds.push(d.kind());
         apply(&spec, &mut state, &d, now);
@@ -574,6 +608,7 @@ fn planned_periods_follow_the_plan() {
 
 fn evidence(p: f64) -> Outcome {
     Outcome::Tested(Evidence {
+        label: "x",
         figures: "x".into(),
         estimate: 0.0,
         bound: 0.0,
@@ -649,7 +684,7 @@ fn the_winner_at_the_planned_end_is_decided_by_the_goal_metric() {
         (1300, 1, 480.0, None),
     );
     let d = step(&spec, &state, &faster, end);
-    let Decision::Finish { winner, reason } = &d else {
+    let Decision::Finish { winner, reason, .. } = &d else {
         panic!("{d:?}");
     };
     assert_eq!(winner.as_deref(), Some("v1-1"));

@@ -211,7 +211,10 @@ fn ramp_reason_states_the_numbers() {
     let state = ExperimentState::new(&spec, T0);
     let now = T0 + 5 * MINUTE;
     let d = step(&spec, &state, &improved(&state, now), now);
-    let Decision::SetWeights { weights, reason } = &d else {
+    let Decision::SetWeights {
+        weights, reason, ..
+    } = &d
+    else {
         panic!("{d:?}");
     };
     assert_eq!(weights, &vec![60, 40]);
@@ -283,7 +286,7 @@ fn canary_starts_a_candidate_with_no_traffic() {
     let d = step(&spec, &state, &o, now);
     assert_eq!(
         d,
-        Decision::SetWeights {
+        Decision::SetWeights { summary: "ramp v1-1 0% → 10%: starting the ramp".to_owned(),
             weights: vec![90, 10],
             reason: "candidate v1-1 has no traffic yet: starting the ramp; v1-1 0% → 10% (stepWeight 10, maxWeight 50); new split v1-0 90%, v1-1 10%".to_owned()
         }
@@ -323,6 +326,7 @@ fn observations_from_before_the_period_hold() {
         &spec,
         &mut state,
         &Decision::SetWeights {
+            summary: String::new(),
             weights: vec![60, 40],
             reason: "test".into(),
         },
@@ -385,6 +389,7 @@ fn rollback_sends_everything_to_declared_baseline_whatever_its_name() {
             &spec,
             &mut state,
             &Decision::Rollback {
+                summary: String::new(),
                 reason: reason.into(),
             },
             T0 + 1,
@@ -406,7 +411,10 @@ fn rollback_sends_everything_to_declared_baseline_whatever_its_name() {
         apply(
             &spec,
             &mut state,
-            &Decision::Rollback { reason: "r".into() },
+            &Decision::Rollback {
+                summary: String::new(),
+                reason: "r".into(),
+            },
             T0 + 1,
         );
         assert_eq!(state.weights, want, "{yaml}");
@@ -425,7 +433,10 @@ fn canary_promotes_at_max_weight() {
     // Healthy but not improved is enough once the candidate holds maxWeight.
     let o = seed_obs(&state, now, 1, 590.0);
     let d = step_and_apply(&spec, &mut state, &o, now);
-    let Decision::Promote { variant, reason } = &d else {
+    let Decision::Promote {
+        variant, reason, ..
+    } = &d
+    else {
         panic!("{d:?}");
     };
     assert_eq!(variant, "v1-1");
@@ -468,7 +479,7 @@ fn canary_finishes_at_the_planned_end_without_promoting() {
     // Improved, but the time is up: a verdict, not a step.
     let o = improved(&state, now);
     let d = step_and_apply(&spec, &mut state, &o, now);
-    let Decision::Finish { winner, reason } = &d else {
+    let Decision::Finish { winner, reason, .. } = &d else {
         panic!("{d:?}");
     };
     assert_eq!(winner.as_deref(), Some("v1-1"));
@@ -498,7 +509,7 @@ fn abtest_finishes_with_score_winner() {
     let now = T0 + 24 * HOUR;
     let o = improved(&state, now);
     let d = step_and_apply(&spec, &mut state, &o, now);
-    let Decision::Finish { winner, reason } = &d else {
+    let Decision::Finish { winner, reason, .. } = &d else {
         panic!("{d:?}");
     };
     assert_eq!(winner.as_deref(), Some("v1-1"));
@@ -620,6 +631,7 @@ fn bluegreen_promotes_green_healthy_at_the_end() {
         &spec,
         &mut state,
         &Decision::SetWeights {
+            summary: String::new(),
             weights: vec![0, 100],
             reason: "switch".into(),
         },
@@ -710,20 +722,29 @@ fn terminal_phase_ignores_decisions() {
         assert_eq!(d.kind(), "hold", "{d:?}");
         assert!(d.reason().contains("has ended"), "{}", d.reason());
         for d in [
-            Decision::Rollback { reason: "r".into() },
+            Decision::Rollback {
+                summary: String::new(),
+                reason: "r".into(),
+            },
             Decision::Promote {
+                summary: String::new(),
                 variant: "v1-1".into(),
                 reason: "p".into(),
             },
             Decision::SetWeights {
+                summary: String::new(),
                 weights: vec![50, 50],
                 reason: "s".into(),
             },
             Decision::Finish {
+                summary: String::new(),
                 winner: None,
                 reason: "f".into(),
             },
-            Decision::Hold { reason: "h".into() },
+            Decision::Hold {
+                summary: String::new(),
+                reason: "h".into(),
+            },
         ] {
             apply(&spec, &mut state, &d, now);
             assert_eq!(state, before, "{phase}: {d:?}");
@@ -747,6 +768,7 @@ fn paused_holds_but_people_can_still_roll_back() {
         &spec,
         &mut state,
         &Decision::Rollback {
+            summary: String::new(),
             reason: "operator".into(),
         },
         now,
@@ -765,6 +787,7 @@ fn invalid_decisions_are_refused_and_ignored() {
     let bad = [
         (
             Decision::SetWeights {
+                summary: String::new(),
                 weights: vec![100],
                 reason: "x".into(),
             },
@@ -775,6 +798,7 @@ fn invalid_decisions_are_refused_and_ignored() {
         ),
         (
             Decision::SetWeights {
+                summary: String::new(),
                 weights: vec![0, 0],
                 reason: "x".into(),
             },
@@ -782,6 +806,7 @@ fn invalid_decisions_are_refused_and_ignored() {
         ),
         (
             Decision::Promote {
+                summary: String::new(),
                 variant: "candidate".into(),
                 reason: "x".into(),
             },
@@ -803,6 +828,7 @@ fn unchanged_weights_do_not_start_a_period() {
         &spec,
         &mut state,
         &Decision::SetWeights {
+            summary: String::new(),
             weights: vec![70, 30],
             reason: "same".into(),
         },
@@ -836,6 +862,7 @@ fn observations_for_other_variants_hold() {
 #[test]
 fn decision_serializes_with_its_kind() {
     let d = Decision::SetWeights {
+        summary: String::new(),
         weights: vec![60, 40],
         reason: "r".into(),
     };
