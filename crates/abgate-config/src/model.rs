@@ -884,6 +884,9 @@ pub struct Experiment {
     pub progress_deadline: Option<Duration>,
     /// Rollback after this many consecutive failed analyses.
     pub failure_limit: u32,
+    /// `bluegreen` only: switch to green at the first analysis, without waiting for
+    /// evidence that green is healthy (default false).
+    pub skip_analysis: bool,
     /// Webhook gates.
     pub gates: Vec<Gate>,
 }

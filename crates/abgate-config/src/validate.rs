@@ -3093,6 +3093,12 @@ fn experiment(cx: &mut Cx, meta: Meta, spec: wire::ExperimentSpec) -> Experiment
         .nonneg_u32(&spec_path.key("failureLimit"), spec.failure_limit)
         .unwrap_or(3)
         .max(1);
+    if spec.skip_analysis && strategy != Strategy::BlueGreen {
+        cx.warn(
+            &spec_path.key("skipAnalysis"),
+            "skipAnalysis is read only by `strategy: bluegreen`; this experiment ignores it",
+        );
+    }
     let gates = spec
         .gates
         .iter()
@@ -3167,6 +3173,7 @@ fn experiment(cx: &mut Cx, meta: Meta, spec: wire::ExperimentSpec) -> Experiment
         metric_source,
         progress_deadline,
         failure_limit,
+        skip_analysis: spec.skip_analysis,
         gates,
         meta,
     }

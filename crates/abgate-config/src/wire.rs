@@ -834,6 +834,9 @@ pub struct ExperimentSpec {
     pub progress_deadline: Option<String>,
     /// Consecutive failed analyses (metric source errors, failed gates) before rollback.
     pub failure_limit: Option<i64>,
+    /// `bluegreen`: switch to green at once, without the pre-switch evidence.
+    #[serde(default)]
+    pub skip_analysis: bool,
     /// Webhooks consulted or told along the way.
     #[serde(default)]
     pub gates: Vec<GateSpec>,

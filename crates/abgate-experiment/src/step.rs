@@ -244,11 +244,14 @@ pub enum InvalidDecision {
 ///   interval against every other arm above 0) promotes; at the planned end it
 ///   finishes with the winner the rule names, if any. Every reason gives each arm's
 ///   reward, samples, probability of being best and weight.
-/// - `bluegreen`: while blue (the baseline) has traffic, the first step checks green
-///   (the first candidate) if it has `minSamples` (analysing mirrored or synthetic
-///   traffic is out of scope: the check is the candidate's health when it has
-///   samples): regressed rolls back (staying blue); otherwise all traffic switches to
-///   green at once. After the switch green is judged on its own
+/// - `bluegreen`: while blue (the baseline) has traffic, green (the first candidate)
+///   gets a mirrored copy of blue's requests (the data plane's job; users see only
+///   blue's answers), and each step compares green with blue on them
+///   ([`Policy::compare`]). Green switches in only on the evidence a canary step needs
+///   ([`Policy::ready_to_ramp`]): then all traffic moves to green at once. Regressed
+///   rolls back (staying blue); halted or not enough evidence holds blue; the planned
+///   end with no switch finishes without a winner. `skipAnalysis: true` switches at
+///   the first step, unchecked. After the switch green is judged on its own
 ///   ([`Policy::check_alone`]): regressed switches back instantly (rollback); at the
 ///   planned end, healthy promotes green, inconclusive finishes without a winner.
 /// - `mirror`: users see only the baseline (the split is kept all on it; the copy is the
@@ -770,6 +773,17 @@ impl Cx<'_> {
             return Decision::hold("hold: no green variant", "no green variant to switch to");
         };
         let in_force = self.state.percentages();
+        if in_force[green] < 100 && self.spec.skip_analysis {
+            return Decision::set_weights(
+                all_to(self.spec, green),
+                format!("switch to green {}: skipAnalysis", self.name(green)),
+                format!(
+                    "skipAnalysis: switching all traffic from blue {} to green {} at once, without a pre-switch check",
+                    self.name(blue),
+                    self.name(green)
+                ),
+            );
+        }
         let verdict = self.policy.judge(self.spec, self.state, self.obs, green);
         if in_force[green] < 100 {
             if verdict.is_regressed() {
@@ -783,32 +797,41 @@ impl Cx<'_> {
                     ),
                 );
             }
-            let check = match &verdict {
-                Verdict::Halted { reason, summary } => {
-                    return Decision::hold(
-                        format!("hold blue: {summary}"),
-                        format!(
-                            "pre-switch check of green {}: {reason}; blue {} keeps all traffic; {}",
-                            self.name(green),
-                            self.name(blue),
-                            self.time_left()
-                        ),
-                    );
-                }
-                Verdict::Inconclusive { reason, .. } => format!("no pre-switch check ({reason})"),
-                v => format!("pre-switch check passed: {}", v.reason()),
-            };
-            return Decision::set_weights(
-                all_to(self.spec, green),
+            if !verdict.is_halted() && self.policy.ready_to_ramp(&verdict) {
+                return Decision::set_weights(
+                    all_to(self.spec, green),
+                    format!("switch to green {}: {}", self.name(green), verdict.summary()),
+                    format!(
+                        "pre-switch check of green {} passed: {}; switching all traffic from blue {} to green {} at once",
+                        self.name(green),
+                        verdict.reason(),
+                        self.name(blue),
+                        self.name(green)
+                    ),
+                );
+            }
+            let why = format!(
+                "pre-switch check of green {}: {}; no switch without the evidence a canary step needs",
+                self.name(green),
+                verdict.reason()
+            );
+            if self.ended() {
+                return Decision::finish(
+                    None,
+                    format!("finish: never switched; {}", verdict.summary()),
+                    format!(
+                        "{} before green showed evidence ({why}); blue {} keeps all traffic",
+                        self.end_reached(),
+                        self.name(blue)
+                    ),
+                );
+            }
+            return Decision::hold(
+                format!("hold blue: {}", verdict.summary()),
                 format!(
-                    "switch to green {}: {}",
-                    self.name(green),
-                    verdict.summary()
-                ),
-                format!(
-                    "{check}; switching all traffic from blue {} to green {} at once",
+                    "{why}; blue {} keeps all traffic; {}",
                     self.name(blue),
-                    self.name(green)
+                    self.time_left()
                 ),
             );
         }

@@ -158,3 +158,78 @@ async fn a_mirror_experiment_shadows_every_request_to_the_candidate_and_measures
     assert_eq!(count(&text), 70.0, "10 shadow answers of 7 tokens: {text}");
     gw.stop().await;
 }
+
+const BLUEGREEN_EXPERIMENT: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: models, namespace: default}
+spec:
+  hosts: [models.local]
+  http:
+  - route: [{destination: {host: models.backend, subset: v1}}]
+---
+apiVersion: abgate.dev/v1alpha1
+kind: Experiment
+metadata: {name: switch, namespace: default}
+spec:
+  host: models.backend
+  baseline: blue
+  strategy: bluegreen
+  variants:
+  - {name: blue, subset: v1, weight: 100}
+  - {name: green, subset: v2, weight: 0}
+"#;
+
+/// Green gets a mirrored copy of blue's traffic before the switch (the evidence the
+/// switch waits for), and none once it serves users itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bluegreen_mirrors_to_green_until_the_switch() {
+    let blue = Sim::model("blue-model").await;
+    let green = support::Backend::spawn("green", |_, _| {
+        support::Answer::Status(
+            200,
+            r#"{"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":7,"total_tokens":10}}"#
+                .into(),
+        )
+    })
+    .await;
+    let yaml = Mesh::new()
+        .service(
+            "models.backend",
+            &[(blue.port(), "v1"), (green.port(), "v2")],
+        )
+        .subsets("models.backend", &["v1", "v2"])
+        .doc(BLUEGREEN_EXPERIMENT)
+        .yaml();
+    let gw = Gateway::start(&yaml).await;
+    for _ in 0..5 {
+        assert_eq!(variant(&gw).await, "blue");
+    }
+    assert_eq!(
+        green.wait_for(5, std::time::Duration::from_secs(5)).await,
+        5
+    );
+    assert!(green
+        .requests()
+        .iter()
+        .all(|r| r.host() == Some("models.local-shadow")));
+
+    // Switched: green serves users, and gets each request once, not a shadow as well.
+    gw.running()
+        .set_weights("switch", &[0, 100])
+        .expect("switch");
+    for _ in 0..5 {
+        assert_eq!(variant(&gw).await, "green");
+    }
+    assert_eq!(
+        green.wait_for(10, std::time::Duration::from_secs(5)).await,
+        10
+    );
+    let shadows = green
+        .requests()
+        .iter()
+        .filter(|r| r.host() == Some("models.local-shadow"))
+        .count();
+    assert_eq!(shadows, 5);
+    gw.stop().await;
+}

@@ -585,12 +585,22 @@ impl Builder<'_> {
             .map(|s| (s.source.clone(), s.salt.clone()));
         // A mirror experiment's candidates get a shadow copy of every request its users
         // send (they only ever see the baseline's answers), measured under their variant.
-        let mirrors = if e.strategy == Strategy::Mirror {
-            e.variants
+        // So does a blue-green's green (its first candidate) until it has traffic of its
+        // own: the evidence its switch waits for.
+        let shadowed: Vec<usize> = match e.strategy {
+            Strategy::Mirror => (0..e.variants.len()).filter(|&i| i != e.baseline).collect(),
+            Strategy::BlueGreen => (0..e.variants.len())
+                .find(|&i| i != e.baseline)
+                .filter(|&green| e.variants[green].weight == 0)
+                .into_iter()
+                .collect(),
+            _ => Vec::new(),
+        };
+        let mirrors = {
+            shadowed
                 .iter()
-                .enumerate()
-                .filter(|(i, _)| *i != e.baseline)
-                .map(|(_, v)| {
+                .map(|&i| &e.variants[i])
+                .map(|v| {
                     let destination = Destination {
                         host: e.host.clone(),
                         subset: Some(v.subset.clone()),
@@ -607,8 +617,6 @@ impl Builder<'_> {
                     (target, 100.0)
                 })
                 .collect()
-        } else {
-            Vec::new()
         };
         Route {
             name: format!("experiment-{}", e.id).into(),

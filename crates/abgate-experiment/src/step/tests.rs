@@ -554,16 +554,9 @@ fn bluegreen_switches_all_at_once_and_back() {
     let spec = experiment("strategy: bluegreen");
     let mut state = ExperimentState::new(&spec, T0);
     assert_eq!(state.weights, vec![100, 0]);
-    // Blue serves everything; green has nothing to check yet: switch at once.
+    // Blue serves everything; green's mirrored copy shows it better: switch at once.
     let now = T0 + 5 * MINUTE;
-    let o = obs(
-        &state,
-        now,
-        vec![
-            variant("v1-0", 1000, 0, 600.0),
-            VariantObservation::empty("v1-1"),
-        ],
-    );
+    let o = improved(&state, now);
     let d = step_and_apply(&spec, &mut state, &o, now);
     assert_eq!(d.kind(), "set_weights", "{d:?}");
     assert!(
@@ -571,6 +564,12 @@ fn bluegreen_switches_all_at_once_and_back() {
             .contains("switching all traffic from blue v1-0 to green v1-1 at once"),
         "{}",
         d.reason()
+    );
+    assert!(
+        d.summary()
+            .starts_with("switch to green v1-1: improved; p95 -16.7%"),
+        "{}",
+        d.summary()
     );
     assert_eq!(state.weights, vec![0, 100]);
     // Green alone, failing: switch back instantly.
@@ -614,13 +613,115 @@ fn bluegreen_pre_switch_check_stops_a_bad_green() {
         "{}",
         d.reason()
     );
-    let d = step(&spec, &state, &seed_obs(&state, now, 0, 600.0), now);
+    let d = step(&spec, &state, &improved(&state, now), now);
     assert_eq!(d.kind(), "set_weights", "{d:?}");
+    assert_eq!(d, step(&spec, &state, &improved(&state, now), now));
     assert!(
-        d.reason().starts_with("pre-switch check passed"),
+        d.reason()
+            .starts_with("pre-switch check of green v1-1 passed"),
         "{}",
         d.reason()
     );
+}
+
+#[test]
+fn bluegreen_does_not_switch_without_evidence() {
+    let spec = experiment("strategy: bluegreen");
+    let mut state = ExperimentState::new(&spec, T0);
+    let no_green = |state: &ExperimentState, now| {
+        obs(
+            state,
+            now,
+            vec![
+                variant("v1-0", 1000, 0, 600.0),
+                VariantObservation::empty("v1-1"),
+            ],
+        )
+    };
+    // Green has no samples yet; then too few; then healthy but not better (the classic
+    // policy's canary steps only on improvement): blue keeps everything each time.
+    let now = T0 + 5 * MINUTE;
+    let few = obs(
+        &state,
+        now,
+        vec![
+            variant("v1-0", 1000, 0, 600.0),
+            variant("v1-1", 23, 0, 500.0),
+        ],
+    );
+    let cases = [
+        (
+            no_green(&state, now),
+            "hold blue: not enough data (v1-1 0/100 requests)",
+        ),
+        (few, "hold blue: not enough data (v1-1 23/100 requests)"),
+        (
+            seed_obs(&state, now, 0, 600.0),
+            "hold blue: healthy, not improved; p95 0%, success rate 1; n 1000/1000",
+        ),
+    ];
+    for (o, summary) in cases {
+        let d = step_and_apply(&spec, &mut state, &o, now);
+        assert_eq!((d.kind(), d.summary()), ("hold", summary), "{d:?}");
+        assert!(
+            d.reason()
+                .contains("no switch without the evidence a canary step needs"),
+            "{}",
+            d.reason()
+        );
+        assert_eq!(state.weights, vec![100, 0]);
+    }
+    // The planned end without evidence: finished, never switched, blue keeps it all.
+    let end = T0 + 24 * HOUR;
+    let o = no_green(&state, end);
+    let d = step_and_apply(&spec, &mut state, &o, end);
+    assert_eq!(d.kind(), "finish", "{d:?}");
+    assert!(d.summary().starts_with("finish: never switched"), "{d:?}");
+    assert_eq!(
+        (state.phase, state.weights.clone(), state.winner.clone()),
+        (Phase::Finished, vec![100, 0], None)
+    );
+}
+
+#[test]
+fn bluegreen_with_skip_analysis_switches_at_the_first_step() {
+    let spec = experiment("strategy: bluegreen\nskipAnalysis: true");
+    assert!(spec.skip_analysis);
+    let mut state = ExperimentState::new(&spec, T0);
+    let now = T0 + 5 * MINUTE;
+    // Nothing observed on green, even a bad-looking one: switched unchecked.
+    for o in [
+        obs(
+            &state,
+            now,
+            vec![
+                variant("v1-0", 1000, 0, 600.0),
+                VariantObservation::empty("v1-1"),
+            ],
+        ),
+        seed_obs(&state, now, 0, 900.0),
+    ] {
+        let d = step(&spec, &state, &o, now);
+        assert_eq!(d.kind(), "set_weights", "{d:?}");
+        assert_eq!(d.summary(), "switch to green v1-1: skipAnalysis");
+    }
+    let o = seed_obs(&state, now, 0, 900.0);
+    let d = step_and_apply(&spec, &mut state, &o, now);
+    assert_eq!(d.kind(), "set_weights", "{d:?}");
+    assert_eq!(state.weights, vec![0, 100]);
+    // After the switch green is still judged on its own: failing, it switches back.
+    let now = now + 5 * MINUTE;
+    let o = obs(
+        &state,
+        now,
+        vec![
+            VariantObservation::empty("v1-0"),
+            variant("v1-1", 1000, 80, 500.0),
+        ],
+    );
+    let d = step_and_apply(&spec, &mut state, &o, now);
+    assert_eq!(d.kind(), "rollback", "{d:?}");
+    assert!(d.summary().starts_with("switch back to blue: "), "{d:?}");
 }
 
 #[test]
