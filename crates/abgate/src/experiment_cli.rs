@@ -82,6 +82,15 @@ enum Command {
     /// The report: Markdown (the default), JSON (`-o json`) or a self-contained HTML
     /// page with charts (`-o html > report.html`).
     Report { id: String },
+    /// Follow an experiment live (every running one without ID), refreshed every
+    /// second: split, requests and failures of the current period, phase, last decision.
+    /// Exits 0 with an outcome line once it has (they all have) ended. On a terminal
+    /// the view is redrawn in place; piped, it prints plain lines (`-o json`: one
+    /// summary object a line).
+    Watch {
+        /// The experiment's id; every running experiment without it.
+        id: Option<String>,
+    },
 }
 
 /// Runs one command; exit 0 on success, 1 when the API refused, 2 when it cannot be reached.
@@ -129,6 +138,10 @@ async fn execute(args: ExperimentArgs) -> ExitCode {
     {
         eprintln!("abgate experiment: -o markdown and -o html are for `report`; use table or json");
         return ExitCode::from(2);
+    }
+    if let Command::Watch { id } = &args.command {
+        let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+        return crate::watch::run(&client, &base, id.as_deref(), args.output == Output::Json).await;
     }
     let (method, path, body): (Method, String, Option<Value>) = match &args.command {
         Command::Create { file } => {
@@ -187,6 +200,7 @@ async fn execute(args: ExperimentArgs) -> ExitCode {
             None,
         ),
         Command::Delete { id } => (Method::DELETE, format!("/api/v1/experiments/{id}"), None),
+        Command::Watch { .. } => unreachable!("watch is handled above"),
         Command::Report { id } => {
             let format = match args.output {
                 Output::Json => "",

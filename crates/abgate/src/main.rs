@@ -10,6 +10,7 @@ mod reload;
 mod serve;
 mod state;
 mod stats_cli;
+mod watch;
 
 use std::process::ExitCode;
 

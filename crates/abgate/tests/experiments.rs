@@ -3,7 +3,7 @@
 //! 127.0.0.1 with ephemeral ports. The seed's experiment runs unchanged; rollback goes to
 //! the declared baseline; mutations need the token; a split that would send traffic
 //! nowhere is refused; delete leaves the host as it was; `kill -9` loses nothing; the
-//! controller ramps a better candidate and promotes it.
+//! controller ramps a better candidate and promotes it; `watch` follows one to its end.
 
 mod common;
 
@@ -901,4 +901,112 @@ fn feedback_is_posted_with_the_token_and_the_html_report_is_served() {
     let out = gw.cli(&["report", id, "-o", "html"]);
     assert_eq!(out.code, Some(0), "{out:?}");
     assert!(out.stdout.starts_with("<!DOCTYPE html>"), "{out:?}");
+}
+
+#[test]
+fn watch_follows_an_experiment_until_it_is_rolled_back() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+
+    let f = fixture(Setup::default());
+    let gw = &f.gateway;
+    let seed = f.file("seed.json", &seed_fields(SEED_ID));
+    assert_eq!(gw.cli(&["create", "-f", path_str(&seed)]).code, Some(0));
+
+    // Piped, as in a script or CI: plain lines, no escape codes.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_abgate"))
+        .arg("experiment")
+        .args(["--admin", &format!("http://{}", gw.admin)])
+        .args(["watch", SEED_ID])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("watch starts");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (lines_tx, lines_rx) = std::sync::mpsc::channel::<String>();
+    let reader = thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = lines_tx.send(line);
+        }
+    });
+    // The first refresh shows the experiment running at its split.
+    let first = lines_rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("a progress line");
+    assert!(
+        first.contains(SEED_ID)
+            && first.contains("v1-0  70% | v1-1  30%")
+            && first.contains("requests")
+            && first.ends_with("running"),
+        "{first}"
+    );
+
+    let (status, body) = gw.post(&format!("/api/v1/experiments/{SEED_ID}/rollback"), "");
+    assert_eq!(status, 200, "{body}");
+    let code = wait_for(&mut child, Duration::from_secs(20));
+    if code.is_none() {
+        // Fails below; the reader ends with the process.
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    reader.join().expect("reader");
+    let mut out = vec![first];
+    out.extend(lines_rx.try_iter());
+    let out = out.join("\n");
+    let mut stderr = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = std::io::Read::read_to_string(&mut e, &mut stderr);
+    }
+    assert_eq!(
+        code.and_then(|c| c.code()),
+        Some(0),
+        "{out}\nstderr: {stderr}"
+    );
+    assert!(!out.contains('\x1b'), "no escape codes when piped: {out:?}");
+    assert_eq!(
+        out.lines().last(),
+        Some(
+            format!(
+                "outcome: {SEED_ID} rolled back to v1-0 (the baseline): roll back: by an operator"
+            )
+            .as_str()
+        ),
+        "{out}"
+    );
+
+    // The summary is in the API and in `get`, beside the full reason.
+    let summary = gw.experiment(SEED_ID);
+    assert_eq!(
+        summary["last_summary"], "roll back: by an operator",
+        "{summary}"
+    );
+    assert_eq!(
+        summary["last_reason"], "rolled back by an operator",
+        "{summary}"
+    );
+    let report = gw.report(SEED_ID);
+    assert_eq!(
+        report["decisions"][0]["summary"], "roll back: by an operator",
+        "{report}"
+    );
+    let got = gw.cli(&["get", SEED_ID]);
+    assert!(
+        got.stdout.contains(
+            "last decision: roll back: by an operator\n  why: rolled back by an operator"
+        ),
+        "{got:#?}"
+    );
+
+    // Nothing left running: watching them all ends at once; an unknown id is refused.
+    let all = gw.cli(&["watch"]);
+    assert_eq!(all.code, Some(0), "{all:#?}");
+    assert_eq!(
+        all.stdout.trim(),
+        "no running experiment to watch",
+        "{all:#?}"
+    );
+    let unknown = gw.cli(&["watch", "no-such-experiment"]);
+    assert_eq!(unknown.code, Some(1), "{unknown:#?}");
+    assert!(unknown.stdout.is_empty(), "{unknown:#?}");
 }
