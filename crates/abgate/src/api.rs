@@ -1,5 +1,6 @@
 //! The experiments API on the admin listener: JSON, described by the OpenAPI document it
-//! serves at `/api/v1/openapi.json`; every mutation needs the bearer token.
+//! serves at `/api/v1/openapi.json` (made from the routes below); every mutation needs
+//! the bearer token.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -13,6 +14,11 @@ use bytes::Bytes;
 use http::{Method, Response, StatusCode};
 use serde_json::{json, Value};
 use subtle::ConstantTimeEq as _;
+use utoipa::ToSchema;
+
+use crate::openapi::bodies::{
+    CreateRequest, ErrorBody, FeedbackRecorded, Report, SplitRequest, Summary,
+};
 
 /// The API handler installed on the admin listener. Cheap to clone.
 #[derive(Clone)]
@@ -176,50 +182,27 @@ impl ExperimentsApi {
                 "this change needs the admin bearer token (Authorization: Bearer TOKEN)".into(),
             ));
         }
-        let controller = &self.controller;
-        let body = match (&request.method, segments.as_slice()) {
-            (&Method::GET, ["openapi.json"]) => openapi(),
-            (&Method::GET, ["experiments"]) => json!(controller.summaries()),
-            (&Method::POST, ["experiments"]) => self.create(&request.body)?,
-            (&Method::GET, ["experiments", id]) => json!(controller.summary(id)?),
-            (&Method::DELETE, ["experiments", id]) => {
-                controller.delete(id)?;
-                json!({ "deleted": id })
-            }
-            (&Method::POST, ["experiments", id, "split"]) => {
-                self.set_split(id, &request.body).await?
-            }
-            (&Method::POST, ["experiments", id, "pause"]) => {
-                json!(controller.set_paused(id, true)?)
-            }
-            (&Method::POST, ["experiments", id, "resume"]) => {
-                json!(controller.set_paused(id, false)?)
-            }
-            (&Method::POST, ["experiments", id, "promote"]) => {
-                self.promote(id, &request.body).await?
-            }
-            (&Method::POST, ["experiments", id, "rollback"]) => {
-                let rollback = Decision::Rollback {
-                    reason: "rolled back by an operator".into(),
-                    summary: "roll back: by an operator".into(),
-                };
-                json!(controller.operate(id, rollback).await?)
-            }
-            (&Method::POST, ["experiments", id, "feedback"]) => self.feedback(id, &request.body)?,
+        let body = &request.body;
+        let answer = match (&request.method, segments.as_slice()) {
+            (&Method::GET, ["openapi.json"]) => openapi_document(),
+            (&Method::GET, ["experiments"]) => list_experiments(self),
+            (&Method::POST, ["experiments"]) => create_experiment(self, body)?,
+            (&Method::GET, ["experiments", id]) => get_experiment(self, id)?,
+            (&Method::DELETE, ["experiments", id]) => delete_experiment(self, id)?,
+            (&Method::POST, ["experiments", id, "split"]) => set_split(self, id, body).await?,
+            (&Method::POST, ["experiments", id, "pause"]) => pause(self, id)?,
+            (&Method::POST, ["experiments", id, "resume"]) => resume(self, id)?,
+            (&Method::POST, ["experiments", id, "promote"]) => promote(self, id, body).await?,
+            (&Method::POST, ["experiments", id, "rollback"]) => rollback(self, id).await?,
+            (&Method::POST, ["experiments", id, "feedback"]) => feedback(self, id, body)?,
             (&Method::GET, ["experiments", id, "report"]) => {
-                let format = query_param(request.query.as_deref(), "format");
-                let report = controller.report(id).await?;
-                return match format.as_deref() {
-                    Some("markdown") => Ok(text_response(
-                        report.to_markdown(),
-                        "text/markdown; charset=utf-8",
-                    )),
-                    Some("html") => Ok(text_response(report.to_html(), "text/html; charset=utf-8")),
-                    None | Some("json") => Ok(json_response(StatusCode::OK, &json!(report))),
-                    Some(other) => Err(ApiError::bad(format!(
-                        "format {other} is not json, markdown or html"
-                    ))),
+                let format = match query_param(request.query.as_deref(), "format") {
+                    None => ReportFormat::Json,
+                    Some(name) => ReportFormat::named(&name).ok_or_else(|| {
+                        ApiError::bad(format!("format {name} is not json, markdown or html"))
+                    })?,
                 };
+                return report(self, id, format).await;
             }
             _ => {
                 return Err(ApiError::NotFound(format!(
@@ -228,95 +211,365 @@ impl ExperimentsApi {
                 )))
             }
         };
-        Ok(json_response(StatusCode::OK, &body))
+        Ok(json_response(StatusCode::OK, &answer))
     }
+}
 
-    fn feedback(&self, id: &str, body: &[u8]) -> ApiResult {
-        let body = json_body(body)?;
-        let variant = body.get("variant").and_then(Value::as_str).ok_or_else(|| {
-            ApiError::bad("give the variant: {\"variant\": NAME, \"score\": 0..1}")
-        })?;
-        let score = body
-            .get("score")
-            .and_then(Value::as_f64)
-            .ok_or_else(|| ApiError::bad("give the score, a number from 0 to 1"))?;
-        let request_id = body.get("request_id").and_then(Value::as_str);
-        Ok(self.controller.feedback(id, variant, score, request_id)?)
-    }
+// The routes. Each one's `utoipa::path` is its entry in the OpenAPI document; the
+// schemas of bodies other crates serialize are in `openapi::bodies`.
 
-    fn create(&self, body: &[u8]) -> ApiResult {
-        let document = json_body(body)?;
-        let spec = parse_experiment(&document, &self.control.config())
-            .map_err(|e| ApiError::bad(format!("{e:#}")))?;
-        Ok(json!(self.controller.create(spec, document)?))
-    }
+/// The OpenAPI document of this API.
+#[utoipa::path(
+    get,
+    path = "/api/v1/openapi.json",
+    tag = "experiments",
+    responses((status = 200, description = "This document", body = Object))
+)]
+pub(crate) fn openapi_document() -> Value {
+    crate::openapi::document()
+}
 
-    async fn set_split(&self, id: &str, body: &[u8]) -> ApiResult {
-        let summary = self.controller.summary(id)?;
-        let body = json_body(body)?;
-        // `{"weights": {"v1-0": 80, "v1-1": 20}}`, or the seed's bare map.
-        let map = body.get("weights").unwrap_or(&body);
-        let Value::Object(map) = map else {
-            return Err(ApiError::bad("give weights as {\"variant\": weight, ...}"));
-        };
-        for name in map.keys() {
-            if !summary.split.iter().any(|(v, _)| v == name) {
-                return Err(ApiError::bad(format!(
-                    "experiment {id} has no variant {name}; its variants are {:?}",
-                    summary.split.iter().map(|(v, _)| v).collect::<Vec<_>>()
-                )));
-            }
+/// Every experiment.
+#[utoipa::path(
+    get,
+    path = "/api/v1/experiments",
+    tag = "experiments",
+    responses((status = 200, description = "Experiment summaries", body = Vec<Summary>))
+)]
+pub(crate) fn list_experiments(api: &ExperimentsApi) -> Value {
+    json!(api.controller.summaries())
+}
+
+/// Creates an experiment.
+#[utoipa::path(
+    post,
+    path = "/api/v1/experiments",
+    tag = "experiments",
+    request_body = CreateRequest,
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The new experiment", body = Summary),
+        (status = 400, description = "Not an experiment, or not one this mesh can run", body = ErrorBody),
+        (status = 401, description = "No admin token", body = ErrorBody),
+        (status = 409, description = "An experiment with this id exists", body = ErrorBody),
+        (status = 500, description = "Recording it failed", body = ErrorBody),
+    )
+)]
+pub(crate) fn create_experiment(api: &ExperimentsApi, body: &[u8]) -> ApiResult {
+    let document = json_body(body)?;
+    let spec = parse_experiment(&document, &api.control.config())
+        .map_err(|e| ApiError::bad(format!("{e:#}")))?;
+    Ok(json!(api.controller.create(spec, document)?))
+}
+
+/// One experiment.
+#[utoipa::path(
+    get,
+    path = "/api/v1/experiments/{id}",
+    tag = "experiments",
+    params(("id" = String, Path, description = "The experiment's id")),
+    responses(
+        (status = 200, description = "The experiment", body = Summary),
+        (status = 404, description = "No such experiment", body = ErrorBody),
+    )
+)]
+pub(crate) fn get_experiment(api: &ExperimentsApi, id: &str) -> ApiResult {
+    Ok(json!(api.controller.summary(id)?))
+}
+
+/// What a deletion answers.
+#[derive(serde::Serialize, ToSchema)]
+pub(crate) struct Deleted {
+    /// The deleted experiment's id.
+    deleted: String,
+}
+
+/// Deletes an experiment; its host is left as it was.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/experiments/{id}",
+    tag = "experiments",
+    params(("id" = String, Path, description = "The experiment's id")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Deleted", body = Deleted),
+        (status = 401, description = "No admin token", body = ErrorBody),
+        (status = 404, description = "No such experiment", body = ErrorBody),
+        (status = 500, description = "Deleting it failed", body = ErrorBody),
+    )
+)]
+pub(crate) fn delete_experiment(api: &ExperimentsApi, id: &str) -> ApiResult {
+    api.controller.delete(id)?;
+    Ok(json!(Deleted {
+        deleted: id.to_owned()
+    }))
+}
+
+/// Sets the split, as an operator's decision.
+#[utoipa::path(
+    post,
+    path = "/api/v1/experiments/{id}/split",
+    tag = "experiments",
+    params(("id" = String, Path, description = "The experiment's id")),
+    request_body = SplitRequest,
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The experiment", body = Summary),
+        (status = 400, description = "Unknown variants, weights that are not whole numbers, a split that routes nowhere, or an ended experiment", body = ErrorBody),
+        (status = 401, description = "No admin token", body = ErrorBody),
+        (status = 404, description = "No such experiment", body = ErrorBody),
+        (status = 500, description = "Recording or applying it failed", body = ErrorBody),
+    )
+)]
+pub(crate) async fn set_split(api: &ExperimentsApi, id: &str, body: &[u8]) -> ApiResult {
+    let summary = api.controller.summary(id)?;
+    let body = json_body(body)?;
+    // `{"weights": {"v1-0": 80, "v1-1": 20}}`, or the seed's bare map.
+    let map = body.get("weights").unwrap_or(&body);
+    let Value::Object(map) = map else {
+        return Err(ApiError::bad("give weights as {\"variant\": weight, ...}"));
+    };
+    for name in map.keys() {
+        if !summary.split.iter().any(|(v, _)| v == name) {
+            return Err(ApiError::bad(format!(
+                "experiment {id} has no variant {name}; its variants are {:?}",
+                summary.split.iter().map(|(v, _)| v).collect::<Vec<_>>()
+            )));
         }
-        let weights = summary
-            .split
-            .iter()
-            .map(|(name, current)| match map.get(name) {
-                Some(w) => w.as_u64().map(|w| w as u32).ok_or_else(|| {
-                    ApiError::bad(format!("weight of {name} is not a whole number"))
-                }),
-                None => Ok(*current),
-            })
-            .collect::<ApiResult<Vec<u32>>>()?;
-        let decision = Decision::SetWeights {
-            weights,
-            reason: "split set by an operator".into(),
-            summary: "split set by an operator".into(),
-        };
-        Ok(json!(self.controller.operate(id, decision).await?))
     }
+    let weights = summary
+        .split
+        .iter()
+        .map(|(name, current)| match map.get(name) {
+            Some(w) => w
+                .as_u64()
+                .map(|w| w as u32)
+                .ok_or_else(|| ApiError::bad(format!("weight of {name} is not a whole number"))),
+            None => Ok(*current),
+        })
+        .collect::<ApiResult<Vec<u32>>>()?;
+    let decision = Decision::SetWeights {
+        weights,
+        reason: "split set by an operator".into(),
+        summary: "split set by an operator".into(),
+    };
+    Ok(json!(api.controller.operate(id, decision).await?))
+}
 
-    async fn promote(&self, id: &str, body: &[u8]) -> ApiResult {
-        let summary = self.controller.summary(id)?;
-        let asked: Option<String> = serde_json::from_slice::<Value>(body)
-            .ok()
-            .and_then(|b| b.get("variant").and_then(Value::as_str).map(str::to_owned));
-        // Without a name, the one candidate (a two-variant experiment's non-baseline).
-        let variant = match asked {
-            Some(v) => v,
-            None => {
-                let candidates: Vec<&String> = summary
-                    .split
-                    .iter()
-                    .map(|(v, _)| v)
-                    .filter(|v| **v != summary.baseline)
-                    .collect();
-                match candidates.as_slice() {
-                    [one] => (*one).clone(),
-                    _ => {
-                        return Err(ApiError::bad(
-                            "name the variant to promote: {\"variant\": NAME}",
-                        ))
-                    }
+/// Pauses the controller's decisions; the split stays in force.
+#[utoipa::path(
+    post,
+    path = "/api/v1/experiments/{id}/pause",
+    tag = "experiments",
+    params(("id" = String, Path, description = "The experiment's id")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The experiment", body = Summary),
+        (status = 400, description = "The experiment has ended", body = ErrorBody),
+        (status = 401, description = "No admin token", body = ErrorBody),
+        (status = 404, description = "No such experiment", body = ErrorBody),
+        (status = 500, description = "Recording it failed", body = ErrorBody),
+    )
+)]
+pub(crate) fn pause(api: &ExperimentsApi, id: &str) -> ApiResult {
+    Ok(json!(api.controller.set_paused(id, true)?))
+}
+
+/// Resumes the controller's decisions.
+#[utoipa::path(
+    post,
+    path = "/api/v1/experiments/{id}/resume",
+    tag = "experiments",
+    params(("id" = String, Path, description = "The experiment's id")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The experiment", body = Summary),
+        (status = 400, description = "The experiment has ended", body = ErrorBody),
+        (status = 401, description = "No admin token", body = ErrorBody),
+        (status = 404, description = "No such experiment", body = ErrorBody),
+        (status = 500, description = "Recording it failed", body = ErrorBody),
+    )
+)]
+pub(crate) fn resume(api: &ExperimentsApi, id: &str) -> ApiResult {
+    Ok(json!(api.controller.set_paused(id, false)?))
+}
+
+/// What a promotion may name.
+#[derive(serde::Deserialize, ToSchema)]
+pub(crate) struct PromoteRequest {
+    /// The variant to promote; optional when there is one candidate besides the
+    /// baseline.
+    variant: Option<String>,
+}
+
+/// Sends all traffic to a variant.
+#[utoipa::path(
+    post,
+    path = "/api/v1/experiments/{id}/promote",
+    tag = "experiments",
+    params(("id" = String, Path, description = "The experiment's id")),
+    request_body(content = Option<PromoteRequest>, description = "The variant; without a body, the one candidate"),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The experiment", body = Summary),
+        (status = 400, description = "No variant named where several could be, an unknown variant, or an ended experiment", body = ErrorBody),
+        (status = 401, description = "No admin token", body = ErrorBody),
+        (status = 404, description = "No such experiment", body = ErrorBody),
+        (status = 500, description = "Recording or applying it failed", body = ErrorBody),
+    )
+)]
+pub(crate) async fn promote(api: &ExperimentsApi, id: &str, body: &[u8]) -> ApiResult {
+    let summary = api.controller.summary(id)?;
+    // Any body that names no variant asks for the one candidate.
+    let asked = serde_json::from_slice::<PromoteRequest>(body)
+        .ok()
+        .and_then(|b| b.variant);
+    // Without a name, the one candidate (a two-variant experiment's non-baseline).
+    let variant = match asked {
+        Some(v) => v,
+        None => {
+            let candidates: Vec<&String> = summary
+                .split
+                .iter()
+                .map(|(v, _)| v)
+                .filter(|v| **v != summary.baseline)
+                .collect();
+            match candidates.as_slice() {
+                [one] => (*one).clone(),
+                _ => {
+                    return Err(ApiError::bad(
+                        "name the variant to promote: {\"variant\": NAME}",
+                    ))
                 }
             }
-        };
-        let decision = Decision::Promote {
-            variant,
-            reason: "promoted by an operator".into(),
-            summary: "promote: by an operator".into(),
-        };
-        Ok(json!(self.controller.operate(id, decision).await?))
+        }
+    };
+    let decision = Decision::Promote {
+        variant,
+        reason: "promoted by an operator".into(),
+        summary: "promote: by an operator".into(),
+    };
+    Ok(json!(api.controller.operate(id, decision).await?))
+}
+
+/// Sends all traffic to the declared baseline, from the next request on.
+#[utoipa::path(
+    post,
+    path = "/api/v1/experiments/{id}/rollback",
+    tag = "experiments",
+    params(("id" = String, Path, description = "The experiment's id")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The experiment", body = Summary),
+        (status = 400, description = "The experiment has ended", body = ErrorBody),
+        (status = 401, description = "No admin token", body = ErrorBody),
+        (status = 404, description = "No such experiment", body = ErrorBody),
+        (status = 500, description = "Recording or applying it failed", body = ErrorBody),
+    )
+)]
+pub(crate) async fn rollback(api: &ExperimentsApi, id: &str) -> ApiResult {
+    let rollback = Decision::Rollback {
+        reason: "rolled back by an operator".into(),
+        summary: "roll back: by an operator".into(),
+    };
+    Ok(json!(api.controller.operate(id, rollback).await?))
+}
+
+/// A feedback score for the variant that served a request.
+#[derive(serde::Deserialize, ToSchema)]
+pub(crate) struct FeedbackRequest {
+    /// The variant that served the request (its x-variant header).
+    variant: String,
+    /// 1 for a thumbs-up, 0 for a thumbs-down, or a rating scaled to [0, 1].
+    #[schema(minimum = 0, maximum = 1)]
+    score: f64,
+    /// The request's x-request-id, kept for audits.
+    request_id: Option<String>,
+}
+
+/// Records a feedback score: the reward of a bandit with reward feedback.
+#[utoipa::path(
+    post,
+    path = "/api/v1/experiments/{id}/feedback",
+    tag = "experiments",
+    params(("id" = String, Path, description = "The experiment's id")),
+    request_body = FeedbackRequest,
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The score as recorded", body = FeedbackRecorded),
+        (status = 400, description = "No variant or score, an unknown variant, or a score outside [0, 1]", body = ErrorBody),
+        (status = 401, description = "No admin token", body = ErrorBody),
+        (status = 404, description = "No such experiment", body = ErrorBody),
+        (status = 500, description = "Recording it failed", body = ErrorBody),
+    )
+)]
+pub(crate) fn feedback(api: &ExperimentsApi, id: &str, body: &[u8]) -> ApiResult {
+    let given: FeedbackRequest = serde_json::from_slice(body).map_err(|e| {
+        ApiError::bad(format!(
+            "give {{\"variant\": NAME, \"score\": 0..1}} (and optionally \"request_id\"): {e}"
+        ))
+    })?;
+    Ok(api
+        .controller
+        .feedback(id, &given.variant, given.score, given.request_id.as_deref())?)
+}
+
+/// The forms a report comes in.
+#[derive(Clone, Copy, ToSchema)]
+#[schema(rename_all = "lowercase")]
+pub(crate) enum ReportFormat {
+    /// The report as JSON.
+    Json,
+    /// Markdown.
+    Markdown,
+    /// A self-contained HTML page with charts.
+    Html,
+}
+
+impl ReportFormat {
+    fn named(name: &str) -> Option<Self> {
+        match name {
+            "json" => Some(Self::Json),
+            "markdown" => Some(Self::Markdown),
+            "html" => Some(Self::Html),
+            _ => None,
+        }
     }
+}
+
+/// The report: JSON, Markdown or a self-contained HTML page with charts.
+#[utoipa::path(
+    get,
+    path = "/api/v1/experiments/{id}/report",
+    tag = "experiments",
+    params(
+        ("id" = String, Path, description = "The experiment's id"),
+        ("format" = Option<ReportFormat>, Query, description = "json (the default), markdown or html"),
+    ),
+    responses(
+        (status = 200, description = "The report", content(
+            (Report = "application/json"),
+            (String = "text/markdown"),
+            (String = "text/html"),
+        )),
+        (status = 400, description = "An unknown format", body = ErrorBody),
+        (status = 404, description = "No such experiment", body = ErrorBody),
+        (status = 500, description = "Reading the decision log failed", body = ErrorBody),
+    )
+)]
+pub(crate) async fn report(
+    api: &ExperimentsApi,
+    id: &str,
+    format: ReportFormat,
+) -> ApiResult<Response<ProxyBody>> {
+    let report = api.controller.report(id).await?;
+    Ok(match format {
+        ReportFormat::Json => json_response(StatusCode::OK, &json!(report)),
+        ReportFormat::Markdown => {
+            text_response(report.to_markdown(), "text/markdown; charset=utf-8")
+        }
+        ReportFormat::Html => text_response(report.to_html(), "text/html; charset=utf-8"),
+    })
 }
 
 /// An Experiment from an API body: a whole `abgate.dev/v1alpha1` resource, or just its
@@ -434,52 +687,4 @@ fn sanitize(id: &str) -> String {
             }
         })
         .collect()
-}
-
-/// The OpenAPI document of this API.
-fn openapi() -> Value {
-    let id =
-        json!({ "name": "id", "in": "path", "required": true, "schema": { "type": "string" } });
-    let ok = |description: &str| json!({ "200": { "description": description, "content": { "application/json": {} } } });
-    let secured = json!([{ "bearer": [] }]);
-    json!({
-        "openapi": "3.0.3",
-        "info": { "title": "abgate admin API", "version": env!("CARGO_PKG_VERSION") },
-        "components": { "securitySchemes": { "bearer": { "type": "http", "scheme": "bearer" } } },
-        "paths": {
-            "/api/v1/experiments": {
-                "get": { "summary": "List experiments", "responses": ok("experiment summaries") },
-                "post": { "summary": "Create an experiment (an Experiment resource, its spec, or the seed's Experiment fields)", "security": secured, "responses": ok("the new experiment") },
-            },
-            "/api/v1/experiments/{id}": {
-                "get": { "summary": "One experiment", "parameters": [id], "responses": ok("the experiment") },
-                "delete": { "summary": "Delete an experiment; its host is left as it was", "parameters": [id], "security": secured, "responses": ok("deleted") },
-            },
-            "/api/v1/experiments/{id}/split": { "post": { "summary": "Set the split: {\"weights\": {variant: weight}}", "parameters": [id], "security": secured, "responses": ok("the experiment") } },
-            "/api/v1/experiments/{id}/pause": { "post": { "summary": "Pause the controller's decisions", "parameters": [id], "security": secured, "responses": ok("the experiment") } },
-            "/api/v1/experiments/{id}/resume": { "post": { "summary": "Resume", "parameters": [id], "security": secured, "responses": ok("the experiment") } },
-            "/api/v1/experiments/{id}/promote": { "post": { "summary": "Send all traffic to a variant: {\"variant\": name}", "parameters": [id], "security": secured, "responses": ok("the experiment") } },
-            "/api/v1/experiments/{id}/rollback": { "post": { "summary": "Send all traffic to the declared baseline, from the next request on", "parameters": [id], "security": secured, "responses": ok("the experiment") } },
-            "/api/v1/experiments/{id}/feedback": { "post": {
-                "summary": "Post a feedback score for a variant: the reward of a bandit with reward feedback",
-                "parameters": [id],
-                "security": secured,
-                "requestBody": { "required": true, "content": { "application/json": { "schema": {
-                    "type": "object",
-                    "required": ["variant", "score"],
-                    "properties": {
-                        "variant": { "type": "string", "description": "the variant that served the request (its x-variant header)" },
-                        "score": { "type": "number", "minimum": 0, "maximum": 1, "description": "1 for a thumbs-up, 0 for a thumbs-down, or a rating scaled to [0, 1]" },
-                        "request_id": { "type": "string", "description": "the request's x-request-id, kept for audits" }
-                    }
-                } } } },
-                "responses": ok("the score as recorded")
-            } },
-            "/api/v1/experiments/{id}/report": { "get": {
-                "summary": "The report: JSON, Markdown (?format=markdown) or a self-contained HTML page with charts (?format=html)",
-                "parameters": [id, { "name": "format", "in": "query", "required": false, "schema": { "type": "string", "enum": ["json", "markdown", "html"] } }],
-                "responses": { "200": { "description": "the report", "content": { "application/json": {}, "text/markdown": {}, "text/html": {} } } }
-            } },
-        }
-    })
 }

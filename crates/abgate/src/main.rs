@@ -6,6 +6,7 @@ mod analyze;
 mod api;
 mod demo;
 mod experiment_cli;
+mod openapi;
 mod reload;
 mod serve;
 mod state;

@@ -249,9 +249,24 @@ fn uses(expr: &str) -> Uses {
         } else if c == '[' {
             i = close_of(i, ']');
         } else if c == '{' {
-            // Matchers with no metric name before them.
+            // Matchers with no metric name before them: the name is the `__name__`
+            // matcher's, and the other labels are matched on like any selector's.
             let end = close_of(i, '}');
-            let _ = matchers(&chars[i + 1..end - 1].iter().collect::<String>());
+            let inside: String = chars[i + 1..end - 1].iter().collect();
+            let matched = matchers(&inside);
+            let name = matched
+                .iter()
+                .find(|(label, op, _)| label == "__name__" && op == "=")
+                .map(|(_, _, value)| value.clone())
+                .unwrap_or_else(|| {
+                    panic!("a selector names its metric with __name__=\"...\": {{{inside}}}")
+                });
+            out.metrics.entry(name).or_default().extend(
+                matched
+                    .into_iter()
+                    .filter(|(label, _, _)| label != "__name__")
+                    .map(|(label, _, _)| label),
+            );
             i = end;
         } else if c.is_ascii_digit()
             || (c == '.' && chars.get(i + 1).is_some_and(char::is_ascii_digit))
@@ -334,6 +349,16 @@ fn the_extractor_reads_promql() {
     assert_eq!(
         u.metrics.keys().collect::<Vec<_>>(),
         ["abgate_requests_in_flight", "x:recorded:rate5m"]
+    );
+
+    // A selector that names its metric among its matchers.
+    let u = uses(r#"sum(rate({__name__="istio_requests_total", variant!="", reporter="x"}[5m]))"#);
+    assert_eq!(
+        u.metrics,
+        BTreeMap::from([(
+            "istio_requests_total".to_owned(),
+            BTreeSet::from(["variant".to_owned(), "reporter".to_owned()])
+        )])
     );
 }
 

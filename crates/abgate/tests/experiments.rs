@@ -376,10 +376,21 @@ fn a_split_to_a_subset_without_endpoints_is_refused() {
         (log[0].0.as_str(), &log[0].2),
         ("set_weights", &vec![50, 50, 0])
     );
-    let traffic = report["traffic"].as_array().expect("traffic");
-    assert!(
-        traffic.iter().all(|p| p["weights"][2] == 0),
-        "v1-2 never had traffic: {traffic:?}"
+    // The traffic history: the start and the valid split, and v1-2 never in it.
+    let traffic: Vec<(&str, &Value)> = report["traffic"]
+        .as_array()
+        .expect("traffic")
+        .iter()
+        .map(|p| (p["cause"].as_str().expect("a cause"), &p["weights"]))
+        .collect();
+    assert_eq!(
+        traffic,
+        [
+            ("start", &json!([70, 30, 0])),
+            ("set_weights", &json!([50, 50, 0]))
+        ],
+        "{}",
+        report["traffic"]
     );
 }
 
