@@ -22,7 +22,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use pin_project_lite::pin_project;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::{watch, Notify};
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 /// How long an idle connection told to close may take to do so before it is dropped.
@@ -64,14 +64,15 @@ impl Drop for CapSlot {
     }
 }
 
-/// Requests in flight on one connection, and since when none has been.
+/// Requests in flight on one connection, and since when none has been: atomics that a
+/// request touches twice, and that the connection's idle timer reads when it fires, so
+/// that tracking costs the request path no lock and no wake-up.
 #[derive(Debug)]
 pub(crate) struct Activity {
     open: AtomicU32,
     /// Milliseconds from `base` to when the last request ended (or the connection began).
     idle_since: AtomicU64,
     base: Instant,
-    changed: Notify,
 }
 
 impl Activity {
@@ -80,7 +81,6 @@ impl Activity {
             open: AtomicU32::new(0),
             idle_since: AtomicU64::new(0),
             base: Instant::now(),
-            changed: Notify::new(),
         })
     }
 
@@ -90,27 +90,24 @@ impl Activity {
         RequestOpen(Arc::clone(self))
     }
 
-    /// Resolves once the connection has had no request in flight for `timeout`.
+    /// Resolves once the connection has had no request in flight for `timeout`. It
+    /// sleeps until the earliest moment that can be true and looks again: once per
+    /// `timeout` while requests come and go.
     async fn idle_for(&self, timeout: Duration) {
+        let mut at = self.base + timeout;
         loop {
-            // Registered before the state is read, so a change in between is not missed.
-            let changed = self.changed.notified();
-            if self.open.load(Ordering::Acquire) == 0 {
-                let since = self.idle_since.load(Ordering::Acquire);
-                let at = self.base + Duration::from_millis(since) + timeout;
-                tokio::select! {
-                    _ = tokio::time::sleep_until(at) => {
-                        if self.open.load(Ordering::Acquire) == 0
-                            && self.idle_since.load(Ordering::Acquire) == since
-                        {
-                            return;
-                        }
-                    }
-                    _ = changed => {}
-                }
-            } else {
-                changed.await;
+            tokio::time::sleep_until(at).await;
+            // `open` first: while a request is in flight `idle_since` is stale.
+            if self.open.load(Ordering::Acquire) > 0 {
+                at = Instant::now() + timeout;
+                continue;
             }
+            let since = self.idle_since.load(Ordering::Acquire);
+            let idle_until = self.base + Duration::from_millis(since) + timeout;
+            if idle_until <= Instant::now() {
+                return;
+            }
+            at = idle_until;
         }
     }
 }
@@ -125,7 +122,6 @@ impl Drop for RequestOpen {
         let elapsed = u64::try_from(activity.base.elapsed().as_millis()).unwrap_or(u64::MAX);
         activity.idle_since.store(elapsed, Ordering::Release);
         activity.open.fetch_sub(1, Ordering::AcqRel);
-        activity.changed.notify_one();
     }
 }
 
@@ -205,14 +201,17 @@ where
     // the client to acknowledge a PING, which a client that holds connections open on
     // purpose never does.
     let mut drained_by: Option<Instant> = None;
+    let idle_timer = activity.idle_for(idle);
+    tokio::pin!(idle_timer);
     loop {
         tokio::select! {
+            biased;
             ended = connection.as_mut() => return ended,
             _ = stopped.changed(), if !closing => {
                 closing = true;
                 connection.as_mut().graceful_shutdown();
             }
-            _ = activity.idle_for(idle), if !closing => {
+            _ = &mut idle_timer, if !closing => {
                 closing = true;
                 drained_by = Some(Instant::now() + IDLE_DRAIN);
                 tracing::debug!(?idle, "closing an idle client connection");
