@@ -173,7 +173,7 @@ fn api_body_error(fault: ClientFault, shared: &Shared) -> Response<ProxyBody> {
             "API request bodies are limited to 1 MiB".to_owned(),
             "request_too_large",
         ),
-        ClientFault::Malformed => (
+        ClientFault::Malformed | ClientFault::Disconnected => (
             StatusCode::BAD_REQUEST,
             "DPE",
             "the request body is malformed or incomplete".to_owned(),

@@ -20,9 +20,10 @@ use tokio::time::Sleep;
 /// How a client's request body failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ClientFault {
-    /// Not valid HTTP framing (a bad chunk size, an oversized chunk extension), or the
-    /// body ended before its declared length.
+    /// Not valid HTTP framing: a bad chunk size, an oversized chunk extension.
     Malformed,
+    /// The connection ended before the body did: the client went away (Envoy's `DC`).
+    Disconnected,
     /// More bytes than `--max-request-body`.
     TooLarge,
     /// No byte of it for `--body-read-timeout`.
@@ -35,6 +36,7 @@ impl ClientFault {
             ClientFault::Malformed => 1,
             ClientFault::TooLarge => 2,
             ClientFault::Stalled => 3,
+            ClientFault::Disconnected => 4,
         }
     }
 
@@ -43,6 +45,7 @@ impl ClientFault {
             1 => Some(ClientFault::Malformed),
             2 => Some(ClientFault::TooLarge),
             3 => Some(ClientFault::Stalled),
+            4 => Some(ClientFault::Disconnected),
             _ => None,
         }
     }
@@ -149,7 +152,13 @@ impl Body for ClientBody {
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(e))) => fail(ClientFault::Malformed, error_chain(&e)),
+            Poll::Ready(Some(Err(e))) => {
+                let fault = match ended_early(&e) {
+                    true => ClientFault::Disconnected,
+                    false => ClientFault::Malformed,
+                };
+                fail(fault, error_chain(&e))
+            }
             Poll::Ready(None) => {
                 if let Some(cell) = this.fault.as_ref() {
                     cell.complete.store(true, Ordering::Release);
@@ -180,6 +189,20 @@ impl Body for ClientBody {
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
     }
+}
+
+/// Whether the body failed because the connection ended before it did.
+fn ended_early(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(e);
+    while let Some(e) = cause {
+        if e.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::UnexpectedEof)
+        {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
 }
 
 /// An error and its causes, joined, for the log.

@@ -31,6 +31,10 @@ pub enum ProxyError {
     /// read timeout, or still incomplete when the route's timeout passed.
     #[error("the request body did not arrive in time (waited {})", humantime::format_duration(*.0))]
     BodyTimeout(std::time::Duration),
+    /// The client went away before its request body was whole (`DC`); answered for a
+    /// client that only closed its sending side.
+    #[error("the request body ended before it was complete")]
+    ClientDisconnected,
     /// A method no route takes explicitly (TRACE).
     #[error("method {0} is not allowed")]
     MethodNotAllowed(String),
@@ -108,6 +112,7 @@ impl ProxyError {
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            ProxyError::ClientDisconnected => StatusCode::BAD_REQUEST,
             ProxyError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::LoopDetected { .. } => StatusCode::LOOP_DETECTED,
             ProxyError::NoRoute { .. } => StatusCode::NOT_FOUND,
@@ -131,6 +136,7 @@ impl ProxyError {
             | ProxyError::BodyTooLarge { .. }
             | ProxyError::LoopDetected { hops: true } => ResponseFlags::DPE,
             ProxyError::BodyTimeout(_) => ResponseFlags::SI,
+            ProxyError::ClientDisconnected => ResponseFlags::DC,
             ProxyError::MethodNotAllowed(_) => ResponseFlags::NONE,
             ProxyError::LoopDetected { hops: false } => ResponseFlags::NC,
             ProxyError::NoRoute { .. } => ResponseFlags::NR,
@@ -153,6 +159,7 @@ impl ProxyError {
             ProxyError::BadRequest(_)
                 | ProxyError::BodyTooLarge { .. }
                 | ProxyError::BodyTimeout(_)
+                | ProxyError::ClientDisconnected
                 | ProxyError::MethodNotAllowed(_)
                 | ProxyError::LoopDetected { hops: true }
         )
@@ -188,6 +195,7 @@ impl ProxyError {
             ProxyError::BadRequest(_) => "bad_request",
             ProxyError::BodyTooLarge { .. } => "request_too_large",
             ProxyError::BodyTimeout(_) => "request_timeout",
+            ProxyError::ClientDisconnected => "client_disconnected",
             ProxyError::MethodNotAllowed(_) => "method_not_allowed",
             ProxyError::LoopDetected { .. } => "loop_detected",
             ProxyError::NoRoute { .. } => "no_route",

@@ -515,6 +515,7 @@ fn client_error(fault: ClientFault, shared: &Shared) -> ProxyError {
             limit: shared.max_request_body,
         },
         ClientFault::Stalled => ProxyError::BodyTimeout(shared.body_read_timeout),
+        ClientFault::Disconnected => ProxyError::ClientDisconnected,
     }
 }
 

@@ -147,20 +147,27 @@ async fn a_clients_broken_body_is_a_400_and_no_evidence_against_anyone() {
     let gw = Gateway::start(&guarded(v1.port(), v2.port())).await;
     let chunked = head("transfer-encoding: chunked\r\n");
     let long_extension = format!("5;{}\r\nhello\r\n0\r\n\r\n", "x".repeat(40_000));
-    let broken: Vec<(&str, String)> = vec![
+    // (what, request, flag): a body the client ended early is its going away (DC).
+    let broken: Vec<(&str, String, &str)> = vec![
         (
             "bad chunk size",
             format!("{chunked}zz\r\nhello\r\n0\r\n\r\n"),
+            "DPE",
         ),
-        ("oversized extension", format!("{chunked}{long_extension}")),
-        ("chunk cut short", format!("{chunked}ff\r\nhello")),
+        (
+            "oversized extension",
+            format!("{chunked}{long_extension}"),
+            "DPE",
+        ),
+        ("chunk cut short", format!("{chunked}ff\r\nhello"), "DC"),
         (
             "body short of its length",
             format!("{}{{\"model\"", head("content-length: 500\r\n")),
+            "DC",
         ),
     ];
     // Ten of each: far past the one failure that ejects an endpoint here.
-    for (what, request) in &broken {
+    for (what, request, flag) in &broken {
         for _ in 0..10 {
             let (answer, _) = raw(gw.addr, request.as_bytes(), true).await;
             assert_eq!(
@@ -169,7 +176,7 @@ async fn a_clients_broken_body_is_a_400_and_no_evidence_against_anyone() {
                 "{what}: {answer}"
             );
             assert!(
-                answer.contains("x-abgate-response-flags: DPE"),
+                answer.contains(&format!("x-abgate-response-flags: {flag}\r\n")),
                 "{what}: {answer}"
             );
             assert!(answer.contains("invalid_request_error"), "{what}: {answer}");
@@ -180,14 +187,16 @@ async fn a_clients_broken_body_is_a_400_and_no_evidence_against_anyone() {
     assert!(upstream_samples(&gw).await.is_empty());
     // The client errors are counted, under no destination.
     let text = metrics(&gw).await;
-    assert!(
-        text.lines().any(|l| l.starts_with("istio_requests_total{")
-            && l.contains("destination_service=\"unknown\"")
-            && l.contains("response_code=\"400\"")
-            && l.contains("response_flags=\"DPE\"")
-            && l.ends_with(" 40")),
-        "{text}"
-    );
+    for flag in ["DPE", "DC"] {
+        assert!(
+            text.lines().any(|l| l.starts_with("istio_requests_total{")
+                && l.contains("destination_service=\"unknown\"")
+                && l.contains("response_code=\"400\"")
+                && l.contains(&format!("response_flags=\"{flag}\""))
+                && l.ends_with(" 20")),
+            "{text}"
+        );
+    }
     // And the upstreams serve on.
     for _ in 0..4 {
         let reply = gw.http.chat(&[("x-experiment-id", "exp")]).await;
