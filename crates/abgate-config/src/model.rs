@@ -217,6 +217,9 @@ pub struct HttpRoute {
     pub timeout: Option<Duration>,
     /// Retries, with Istio's defaults applied.
     pub retries: RetryPolicy,
+    /// Whether the VirtualService wrote `retries` itself (else `retries` is Istio's
+    /// default, which nobody asked for).
+    pub retries_configured: bool,
     /// Fault injection.
     pub fault: Option<Fault>,
     /// Mirrors.

@@ -898,6 +898,7 @@ fn http_route(cx: &mut Cx, field: &FieldPath, r: &wire::HttpRoute, ns: &str) -> 
         rewrite,
         timeout,
         retries,
+        retries_configured: r.retries.is_some(),
         fault,
         mirrors,
         cors,

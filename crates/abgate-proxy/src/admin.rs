@@ -21,9 +21,9 @@ use abgate_router::{now_ms, Cluster, RouteTable};
 use abgate_telemetry::Telemetry;
 
 use crate::body::ProxyBody;
-use crate::client_body::{ClientBody, ClientFault};
+use crate::client_body::ClientBody;
 use crate::conn::counted;
-use crate::error::error_response;
+use crate::error::{error_response, ProxyError};
 use crate::service::Shared;
 use crate::Listener;
 
@@ -110,7 +110,12 @@ async fn route(req: Request<Incoming>, context: &Context) -> Response<ProxyBody>
             let body = ClientBody::new(body, MAX_API_BODY, shared.body_read_timeout);
             let body = match body.collect().await {
                 Ok(b) => b.to_bytes(),
-                Err(e) => return api_body_error(e.fault, shared),
+                Err(e) => {
+                    let error =
+                        ProxyError::from_client(e.fault, MAX_API_BODY, shared.body_read_timeout);
+                    let flag = error.flag();
+                    return error.into_response(flag);
+                }
             };
             handler
                 .call(ApiRequest {
@@ -162,34 +167,6 @@ pub(crate) async fn serve(
             stopped,
         )
         .await;
-}
-
-/// The answer to an API request whose body failed on the client's side.
-fn api_body_error(fault: ClientFault, shared: &Shared) -> Response<ProxyBody> {
-    let (status, flag, message, code) = match fault {
-        ClientFault::TooLarge => (
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "DPE",
-            "API request bodies are limited to 1 MiB".to_owned(),
-            "request_too_large",
-        ),
-        ClientFault::Malformed | ClientFault::Disconnected => (
-            StatusCode::BAD_REQUEST,
-            "DPE",
-            "the request body is malformed or incomplete".to_owned(),
-            "bad_request",
-        ),
-        ClientFault::Stalled => (
-            StatusCode::REQUEST_TIMEOUT,
-            "SI",
-            format!(
-                "the request body stopped arriving: nothing received for {}",
-                humantime::format_duration(shared.body_read_timeout)
-            ),
-            "request_timeout",
-        ),
-    };
-    error_response(status, flag, &message, code)
 }
 
 /// `GET /endpoints`: every cluster the routes send to, its circuit breakers and each

@@ -7,6 +7,7 @@ use http::{HeaderValue, Response, StatusCode};
 use abgate_telemetry::ResponseFlags;
 
 use crate::body::ProxyBody;
+use crate::client_body::ClientFault;
 
 /// The header that carries Istio/Envoy response flags (`NR`, `UF`, `UT`, ...).
 pub const FLAGS_HEADER: &str = "x-abgate-response-flags";
@@ -148,6 +149,23 @@ impl ProxyError {
             ProxyError::UpstreamProtocol { .. } => ResponseFlags::UPE,
             ProxyError::Timeout(_) => ResponseFlags::UT,
             ProxyError::FaultAbort(_) => ResponseFlags::FI,
+        }
+    }
+
+    /// How the client is answered when its request body failed: `limit` is the body limit
+    /// it broke, `idle` the time it was allowed between chunks.
+    pub(crate) fn from_client(
+        fault: ClientFault,
+        limit: u64,
+        idle: std::time::Duration,
+    ) -> ProxyError {
+        match fault {
+            ClientFault::Malformed => {
+                ProxyError::BadRequest("the request body is malformed or incomplete".into())
+            }
+            ClientFault::TooLarge => ProxyError::BodyTooLarge { limit },
+            ClientFault::Stalled => ProxyError::BodyTimeout(idle),
+            ClientFault::Disconnected => ProxyError::ClientDisconnected,
         }
     }
 

@@ -541,13 +541,13 @@ pub async fn start_with(
             stopped.clone(),
         ));
     }
-    // Now that the addresses are known, endpoints that are the gateway itself are marked.
+    // Now that the addresses are known, endpoints that are the gateway itself are marked,
+    // and so will be those of every table built on a reload.
+    shared.table.load().mark_own_addresses(&own_addresses);
     let build_options = BuildOptions {
         own_addresses,
         ..build_options
     };
-    let table = RouteTable::build(config, &build_options, Some(&shared.table.load()));
-    shared.table.store(Arc::new(table));
     let api: admin::ApiSlot = Arc::default();
     tasks.spawn(admin::serve(
         admin_socket,

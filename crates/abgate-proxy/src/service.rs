@@ -507,16 +507,7 @@ fn fits(body: &ClientBody, limit: usize) -> bool {
 
 /// The client's fault as the client is answered.
 fn client_error(fault: ClientFault, shared: &Shared) -> ProxyError {
-    match fault {
-        ClientFault::Malformed => {
-            ProxyError::BadRequest("the request body is malformed or incomplete".into())
-        }
-        ClientFault::TooLarge => ProxyError::BodyTooLarge {
-            limit: shared.max_request_body,
-        },
-        ClientFault::Stalled => ProxyError::BodyTimeout(shared.body_read_timeout),
-        ClientFault::Disconnected => ProxyError::ClientDisconnected,
-    }
+    ProxyError::from_client(fault, shared.max_request_body, shared.body_read_timeout)
 }
 
 /// The whole body, refused past `limit` bytes. A body that comes in one frame (the

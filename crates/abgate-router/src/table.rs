@@ -254,6 +254,15 @@ pub struct RouteTable {
 }
 
 impl RouteTable {
+    /// Marks the endpoints that are one of `own` (the gateway's listeners, once bound)
+    /// as [`Endpoint::loops_back`]; a table built later with
+    /// [`BuildOptions::own_addresses`] marks its own.
+    pub fn mark_own_addresses(&self, own: &[std::net::SocketAddr]) {
+        for endpoint in self.endpoints.values() {
+            endpoint.set_loops_back(points_at_own(&endpoint.authority, own));
+        }
+    }
+
     /// Compiles a configuration. `previous` lends its endpoints and its clusters' counters
     /// so that in-flight counts, circuit breakers and outlier detection carry over a
     /// reload.
@@ -521,7 +530,7 @@ impl Builder<'_> {
                     rewrite: rule.rewrite.clone(),
                     timeout: rule.timeout,
                     retries: rule.retries.clone(),
-                    retries_capped: rule.retries == RetryPolicy::istio_default(),
+                    retries_capped: !rule.retries_configured,
                     fault: rule.fault.clone(),
                     mirrors: rule
                         .mirrors
