@@ -267,23 +267,15 @@ async fn watch_progress(
         let Ok(summary) = controller.summary(EXPERIMENT_ID) else {
             return false;
         };
-        let candidate = summary
+        let split: Vec<(&str, u64)> = summary
             .split
             .iter()
-            .find(|(v, _)| *v != summary.baseline)
-            .map_or(0, |(_, w)| *w);
-        let bar: String = (0..20)
-            .map(|i| if i * 5 < candidate { '█' } else { '░' })
+            .map(|(v, w)| (v.as_str(), u64::from(*w)))
             .collect();
+        let split_bar = crate::watch::split_bar(&split, &summary.baseline);
         let (sent, failed) = load.counts();
-        let split = summary
-            .split
-            .iter()
-            .map(|(v, w)| format!("{v} {w:>3}%"))
-            .collect::<Vec<_>>()
-            .join(" | ");
         println!(
-            "[{:>3} s] {bar} {split}  requests {sent:>6} (failed {:.1}%)  {}",
+            "[{:>3} s] {split_bar}  requests {sent:>6} (failed {:.1}%)  {}",
             started.elapsed().as_secs(),
             if sent > 0 {
                 100.0 * failed as f64 / sent as f64

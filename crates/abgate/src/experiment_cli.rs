@@ -139,9 +139,9 @@ async fn execute(args: ExperimentArgs) -> ExitCode {
         eprintln!("abgate experiment: -o markdown and -o html are for `report`; use table or json");
         return ExitCode::from(2);
     }
+    let admin = Admin::new(&base);
     if let Command::Watch { id } = &args.command {
-        let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-        return crate::watch::run(&client, &base, id.as_deref(), args.output == Output::Json).await;
+        return crate::watch::run(&admin, id.as_deref(), args.output == Output::Json).await;
     }
     let (method, path, body): (Method, String, Option<Value>) = match &args.command {
         Command::Create { file } => {
@@ -214,54 +214,16 @@ async fn execute(args: ExperimentArgs) -> ExitCode {
             )
         }
     };
-    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-    let mut request = Request::builder()
-        .method(method.clone())
-        .uri(format!("{base}{path}"));
-    if method != Method::GET {
-        if let Some(token) = token(&args) {
-            request = request.header("authorization", format!("Bearer {token}"));
-        }
-    }
-    let body = body.map_or_else(Bytes::new, |b| Bytes::from(b.to_string()));
-    let request = match request
-        .header("content-type", "application/json")
-        .body(Full::new(body))
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("abgate experiment: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let response = match client.request(request).await {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!(
-                "abgate experiment: cannot reach the gateway's admin API at {base} ({e}); \
-                 is `abgate serve` running there? Point --admin at its admin listener"
-            );
-            return ExitCode::from(2);
-        }
-    };
-    let status = response.status();
-    let bytes = match response.into_body().collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(e) => {
-            eprintln!("abgate experiment: {e}");
+    let token = (method != Method::GET).then(|| token(&args)).flatten();
+    let (status, bytes) = match admin.send(method, &path, token.as_deref(), body).await {
+        Ok(answer) => answer,
+        Err(message) => {
+            eprintln!("abgate experiment: {message} Point --admin at its admin listener");
             return ExitCode::from(2);
         }
     };
     if !status.is_success() {
-        let message = serde_json::from_slice::<Value>(&bytes)
-            .ok()
-            .and_then(|v| {
-                v.pointer("/error/message")
-                    .and_then(Value::as_str)
-                    .map(str::to_owned)
-            })
-            .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned());
-        eprintln!("abgate experiment: {status}: {message}");
+        eprintln!("abgate experiment: {status}: {}", error_message(&bytes));
         if status == http::StatusCode::UNAUTHORIZED {
             eprintln!(
                 "abgate experiment: the token is taken from --token, --token-file, \
@@ -278,7 +240,7 @@ async fn execute(args: ExperimentArgs) -> ExitCode {
         }
         (Output::Table, Ok(Value::Array(items))) => print_table(&items),
         (Output::Table, Ok(item)) if matches!(args.command, Command::Get { .. }) => {
-            let report = fetch_json(&client, &base, &format!("{path}/report")).await;
+            let report = admin.get_json(&format!("{path}/report")).await;
             print_detail(&item, report.as_ref());
         }
         (Output::Table, Ok(item)) if item.get("split").is_some() => print_table(&[item]),
@@ -291,21 +253,77 @@ async fn execute(args: ExperimentArgs) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// A GET's JSON answer, if it brings one.
-async fn fetch_json(
-    client: &Client<HttpConnector, Full<Bytes>>,
-    base: &str,
-    path: &str,
-) -> Option<Value> {
-    let request = Request::get(format!("{base}{path}"))
-        .body(Full::new(Bytes::new()))
-        .ok()?;
-    let response = client.request(request).await.ok()?;
-    if !response.status().is_success() {
-        return None;
+/// A running gateway's admin API, as the CLI calls it.
+pub(crate) struct Admin {
+    client: Client<HttpConnector, Full<Bytes>>,
+    base: String,
+}
+
+impl Admin {
+    fn new(base: &str) -> Self {
+        Self {
+            client: Client::builder(TokioExecutor::new()).build_http(),
+            base: base.to_owned(),
+        }
     }
-    let bytes = response.into_body().collect().await.ok()?.to_bytes();
-    serde_json::from_slice(&bytes).ok()
+
+    /// The answer's status and body; `Err` says the gateway could not be reached.
+    pub(crate) async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> Result<(http::StatusCode, Bytes), String> {
+        let base = &self.base;
+        let mut request = Request::builder()
+            .method(method)
+            .uri(format!("{base}{path}"))
+            .header("content-type", "application/json");
+        if let Some(token) = token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        let body = body.map_or_else(Bytes::new, |b| Bytes::from(b.to_string()));
+        let request = request.body(Full::new(body)).map_err(|e| e.to_string())?;
+        let unreachable = |e: &dyn std::fmt::Display| {
+            format!(
+                "cannot reach the gateway's admin API at {base} ({e}); is `abgate serve` running there?"
+            )
+        };
+        let response = self
+            .client
+            .request(request)
+            .await
+            .map_err(|e| unreachable(&e))?;
+        let status = response.status();
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| unreachable(&e))?
+            .to_bytes();
+        Ok((status, bytes))
+    }
+
+    /// A GET's JSON answer, if it brings one.
+    async fn get_json(&self, path: &str) -> Option<Value> {
+        match self.send(Method::GET, path, None, None).await {
+            Ok((status, bytes)) if status.is_success() => serde_json::from_slice(&bytes).ok(),
+            _ => None,
+        }
+    }
+}
+
+/// What an API error answer says: its OpenAI-style `error.message`, else the body.
+pub(crate) fn error_message(bytes: &[u8]) -> String {
+    serde_json::from_slice::<Value>(bytes)
+        .ok()
+        .and_then(|v| {
+            v.pointer("/error/message")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        })
+        .unwrap_or_else(|| String::from_utf8_lossy(bytes).into_owned())
 }
 
 /// One experiment for people: `summary` (the API's), with the verdict and the decision
@@ -320,16 +338,11 @@ fn print_detail(summary: &Value, report: Option<&Value>) {
     if let Some(winner) = summary["winner"].as_str() {
         println!("winner      {winner}");
     }
-    let split = summary["split"]
-        .as_array()
-        .map(|s| {
-            s.iter()
-                .map(|p| format!("{} {}%", p[0].as_str().unwrap_or("?"), p[1]))
-                .collect::<Vec<_>>()
-                .join(", ")
-        })
-        .unwrap_or_default();
-    println!("split       {split} (after {} steps)", summary["steps"]);
+    println!(
+        "split       {} (after {} steps)",
+        split_text(summary),
+        summary["steps"]
+    );
     if let Some(verdict) = report.and_then(|r| r["verdict"].as_str()) {
         println!("verdict     {verdict}");
     }
@@ -388,15 +401,7 @@ fn print_table(items: &[Value]) {
         "ID", "STRATEGY", "PHASE", "SPLIT"
     );
     for item in items {
-        let split = item["split"]
-            .as_array()
-            .map(|s| {
-                s.iter()
-                    .map(|p| format!("{} {}%", p[0].as_str().unwrap_or("?"), p[1]))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            })
-            .unwrap_or_default();
+        let split = split_text(item);
         println!(
             "{:<32} {:<10} {:<12} {:<28} {}",
             item["id"].as_str().unwrap_or("?"),
@@ -408,9 +413,22 @@ fn print_table(items: &[Value]) {
     }
 }
 
+/// An experiment's split as `v1-0 80%, v1-1 20%`.
+fn split_text(item: &Value) -> String {
+    item["split"]
+        .as_array()
+        .map(|s| {
+            s.iter()
+                .map(|p| format!("{} {}%", p[0].as_str().unwrap_or("?"), p[1]))
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .unwrap_or_default()
+}
+
 /// An experiment's last decision in one line: its summary, else its reason (from a
 /// gateway that gives no summary).
-fn last_summary(item: &Value) -> &str {
+pub(crate) fn last_summary(item: &Value) -> &str {
     item["last_summary"]
         .as_str()
         .filter(|s| !s.is_empty())

@@ -7,12 +7,10 @@ use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http::Request;
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
+use http::Method;
 use serde_json::Value;
+
+use crate::experiment_cli::{error_message, last_summary, Admin};
 
 /// How often the view is refreshed.
 const REFRESH: Duration = Duration::from_secs(1);
@@ -43,12 +41,7 @@ impl Trouble {
 /// Watches experiment `id`, or every running experiment, until it (they all) ended:
 /// exit 0 then, with an outcome line for each. `json`: one summary object a line per
 /// experiment and refresh instead of the view.
-pub(crate) async fn run(
-    client: &Client<HttpConnector, Full<Bytes>>,
-    base: &str,
-    id: Option<&str>,
-    json: bool,
-) -> ExitCode {
+pub(crate) async fn run(admin: &Admin, id: Option<&str>, json: bool) -> ExitCode {
     let started = Instant::now();
     let mut view = View::new(std::io::stdout().is_terminal() && !json);
     let mut watched: BTreeSet<String> = BTreeSet::new();
@@ -56,7 +49,7 @@ pub(crate) async fn run(
     let mut ticks = tokio::time::interval(REFRESH);
     loop {
         ticks.tick().await;
-        let summaries = match fetch(client, base, id).await {
+        let summaries = match fetch(admin, id).await {
             Ok(s) => s,
             Err(Trouble::Refused(message)) if !first => {
                 return Trouble::Refused(format!("{message} (deleted while watched?)")).exit();
@@ -108,45 +101,25 @@ pub(crate) async fn run(
 }
 
 /// The experiments to show: the one asked for, or all.
-async fn fetch(
-    client: &Client<HttpConnector, Full<Bytes>>,
-    base: &str,
-    id: Option<&str>,
-) -> Result<Vec<Value>, Trouble> {
+async fn fetch(admin: &Admin, id: Option<&str>) -> Result<Vec<Value>, Trouble> {
     let path = match id {
         Some(id) => format!("/api/v1/experiments/{id}"),
         None => "/api/v1/experiments".to_owned(),
     };
-    let request = Request::get(format!("{base}{path}"))
-        .body(Full::new(Bytes::new()))
-        .map_err(|e| Trouble::Refused(e.to_string()))?;
-    let response = client.request(request).await.map_err(|e| {
-        Trouble::Unreachable(format!(
-            "cannot reach the gateway's admin API at {base} ({e}); is `abgate serve` running there?"
-        ))
-    })?;
-    let status = response.status();
-    let bytes = response
-        .into_body()
-        .collect()
+    let (status, bytes) = admin
+        .send(Method::GET, &path, None, None)
         .await
-        .map_err(|e| Trouble::Unreachable(e.to_string()))?
-        .to_bytes();
-    let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        .map_err(Trouble::Unreachable)?;
     if !status.is_success() {
-        let message = body
-            .pointer("/error/message")
-            .and_then(Value::as_str)
-            .map_or_else(
-                || String::from_utf8_lossy(&bytes).into_owned(),
-                str::to_owned,
-            );
+        let message = error_message(&bytes);
         return Err(Trouble::Refused(format!("{status}: {message}")));
     }
-    Ok(match body {
-        Value::Array(items) => items,
-        one => vec![one],
-    })
+    Ok(
+        match serde_json::from_slice(&bytes).unwrap_or(Value::Null) {
+            Value::Array(items) => items,
+            one => vec![one],
+        },
+    )
 }
 
 fn text(v: &Value) -> &str {
@@ -158,15 +131,6 @@ fn is_ended(summary: &Value) -> bool {
         summary["phase"].as_str(),
         Some("promoted" | "rolled_back" | "finished")
     )
-}
-
-/// The last decision in one line (its reason from a gateway without summaries).
-fn last_decision(summary: &Value) -> &str {
-    summary["last_summary"]
-        .as_str()
-        .filter(|s| !s.is_empty())
-        .or_else(|| summary["last_reason"].as_str())
-        .unwrap_or("")
 }
 
 /// `outcome: canary-1 rolled back to v1-0 (the baseline): roll back: ...`.
@@ -183,7 +147,7 @@ fn outcome(summary: &Value) -> String {
             None => "finished, no winner".to_owned(),
         },
     };
-    let last = last_decision(summary);
+    let last = last_summary(summary);
     if last.is_empty() {
         format!("outcome: {id} {what}")
     } else {
@@ -204,6 +168,33 @@ fn progress(summary: &Value) -> String {
                 .collect()
         })
         .unwrap_or_default();
+    let split_bar = split_bar(&split, baseline);
+    let (requests, failed) = summary["observations"]["variants"]
+        .as_array()
+        .map(|vs| {
+            vs.iter().fold((0, 0), |(r, e), v| {
+                (
+                    r + v["requests"].as_u64().unwrap_or(0),
+                    e + v["errors"].as_u64().unwrap_or(0),
+                )
+            })
+        })
+        .unwrap_or((0, 0));
+    let rate = if requests > 0 {
+        100.0 * failed as f64 / requests as f64
+    } else {
+        0.0
+    };
+    format!(
+        "{}  {split_bar}  requests {requests:>6} (failed {failed}, {rate:.1}%)  {}",
+        text(&summary["id"]),
+        text(&summary["phase"])
+    )
+}
+
+/// `████░░░░░░░░░░░░░░░░ v1-0  80% | v1-1  20%`: a bar filled with the candidates' share
+/// of `split` (variant, percent), then each variant's share.
+pub(crate) fn split_bar(split: &[(&str, u64)], baseline: &str) -> String {
     let candidates: u64 = split
         .iter()
         .filter(|(v, _)| *v != baseline)
@@ -223,27 +214,7 @@ fn progress(summary: &Value) -> String {
         .map(|(v, w)| format!("{v} {w:>3}%"))
         .collect::<Vec<_>>()
         .join(" | ");
-    let (requests, failed) = summary["observations"]["variants"]
-        .as_array()
-        .map(|vs| {
-            vs.iter().fold((0, 0), |(r, e), v| {
-                (
-                    r + v["requests"].as_u64().unwrap_or(0),
-                    e + v["errors"].as_u64().unwrap_or(0),
-                )
-            })
-        })
-        .unwrap_or((0, 0));
-    let rate = if requests > 0 {
-        100.0 * failed as f64 / requests as f64
-    } else {
-        0.0
-    };
-    format!(
-        "{}  {bar} {shares}  requests {requests:>6} (failed {failed}, {rate:.1}%)  {}",
-        text(&summary["id"]),
-        text(&summary["phase"])
-    )
+    format!("{bar} {shares}")
 }
 
 /// Where the view goes: redrawn in place on a terminal, appended otherwise.
@@ -277,7 +248,7 @@ impl View {
             self.drawn = 0;
             for s in live {
                 println!("{stamp} {}", progress(s));
-                println!("        decision: {}", last_decision(s));
+                println!("        decision: {}", last_summary(s));
                 self.drawn += 2;
             }
             return;
@@ -285,7 +256,7 @@ impl View {
         for s in live {
             println!("{stamp} {}", progress(s));
             let id = text(&s["id"]).to_owned();
-            let last = last_decision(s);
+            let last = last_summary(s);
             if !last.is_empty() && self.decisions.get(&id).map(String::as_str) != Some(last) {
                 println!("        decision: {last}");
                 self.decisions.insert(id, last.to_owned());
