@@ -305,22 +305,18 @@ async fn a_client_leaving_mid_stream_is_a_cancel_not_a_failure_of_its_variant() 
         drop(response);
     }
     // Wait for the cancels to be recorded (the gateway sees each on its next write).
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let cancels = loop {
-        let dc: Vec<String> = upstream_samples(&gw)
-            .await
-            .into_iter()
-            .filter(|l| l.contains("response_flags=\"DC\""))
-            .collect();
-        let total: f64 = dc
-            .iter()
+    let cancels = |text: &str| -> f64 {
+        text.lines()
+            .filter(|l| {
+                l.starts_with("istio_requests_total{")
+                    && l.contains("destination_service=\"models.backend\"")
+                    && l.contains("response_flags=\"DC\"")
+            })
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum();
-        if total >= 4.0 || Instant::now() > deadline {
-            break total;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+            .sum()
     };
+    let text = metrics_until(&gw, "four DC requests", |text| cancels(text) >= 4.0).await;
+    let cancels = cancels(&text);
     assert_eq!(
         cancels, 4.0,
         "each cancel is in Istio's metrics, flagged DC"
@@ -385,13 +381,15 @@ async fn an_http2_connection_that_only_pings_is_closed_when_idle() {
     let mut received = Vec::new();
     let closed = tokio::time::timeout(Duration::from_secs(5), async {
         let mut buf = [0u8; 1024];
+        // The client's own pace, not a wait for the gateway: a PING every 50 ms.
+        let mut pings = tokio::time::interval(Duration::from_millis(50));
         loop {
             tokio::select! {
                 read = stream.read(&mut buf) => match read {
                     Ok(0) | Err(_) => return,
                     Ok(n) => received.extend_from_slice(&buf[..n]),
                 },
-                _ = tokio::time::sleep(Duration::from_millis(50)) => {
+                _ = pings.tick() => {
                     if stream.write_all(&ping).await.is_err() {
                         return;
                     }
@@ -446,13 +444,22 @@ async fn connections_past_the_cap_are_refused_and_the_admin_listener_answers() {
 }
 
 async fn wait_for_metric(gw: &Gateway, line: &str) {
-    let deadline = Instant::now() + Duration::from_secs(5);
+    metrics_until(gw, &format!("`{line}`"), |text| {
+        text.lines().any(|l| l == line)
+    })
+    .await;
+}
+
+/// The gateway's `/metrics` once `done` holds of it; metrics can only be polled, so this
+/// asks again every 20 ms, for at most 10 s.
+async fn metrics_until(gw: &Gateway, what: &str, done: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let text = metrics(gw).await;
-        if text.lines().any(|l| l == line) {
-            return;
+        if done(&text) {
+            return text;
         }
-        assert!(Instant::now() < deadline, "no `{line}` in {text}");
+        assert!(Instant::now() < deadline, "no {what} in {text}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
